@@ -1,0 +1,73 @@
+//! The `Broker` trait: one connection to one backend.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::{Capabilities, Consumer, Producer, ProducerOptions, Result, Subscription};
+
+/// A connection to a message broker: makes producers and consumers.
+///
+/// Every backend implements this trait; application code holds an
+/// `Arc<dyn Broker>` picked by URL (see [`Registry`](crate::Registry)) and
+/// does not change when the broker does.
+///
+/// ```
+/// # async fn run() -> mq_core::Result<()> {
+/// use std::sync::Arc;
+/// use mq_core::{Broker, Message, ProducerOptions, Subscription};
+///
+/// let broker: Arc<dyn Broker> = Arc::new(mq_memory::MemoryBroker::new());
+/// let mut consumer = broker.subscribe(Subscription::new("orders", "billing")).await?;
+/// let producer = broker.producer(ProducerOptions::default()).await?;
+/// producer.send("orders", Message::new("tea").with_key("customer-1")).await?;
+///
+/// let delivery = consumer.recv().await?.expect("open consumer");
+/// assert_eq!(delivery.message().payload, "tea");
+/// assert_eq!(delivery.attempt(), 1);
+/// delivery.ack().await?;
+/// broker.close().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+/// ```
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug {
+    /// The backend's name: `memory`, `rabbitmq`, `kafka`, `redis`...
+    fn name(&self) -> &'static str;
+
+    /// What this broker guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A producer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`](crate::Error::Closed) after close; connection errors.
+    async fn producer(&self, options: ProducerOptions) -> Result<Box<dyn Producer>>;
+
+    /// A consumer for `subscription`, creating its group if needed.
+    ///
+    /// When `subscribe` returns, the consumer is attached: messages sent after
+    /// that reach its group, even with [`StartPosition::Latest`](crate::StartPosition).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`](crate::Error::Closed) after close; invalid topic or
+    /// group names; connection errors.
+    async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>>;
+
+    /// Closes the broker: producers fail with `Closed`, consumers end.
+    /// Closing twice is a no-op.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors while flushing or shutting down.
+    async fn close(&self) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn _obj_safe(_: std::sync::Arc<dyn Broker>) {}
+}

@@ -1,0 +1,89 @@
+//! Receiving: the `Consumer` trait and its stream adapter.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream};
+
+use crate::{Delivery, Result};
+
+/// Receives deliveries of one subscription.
+///
+/// A consumer belongs to one task at a time (`recv` takes `&mut self`). It
+/// holds at most the subscription's prefetch of unsettled deliveries: `recv`
+/// waits until one is settled before handing out more.
+///
+/// Closing (or dropping) a consumer gives its unsettled deliveries back to
+/// the group, to be delivered again.
+#[async_trait]
+pub trait Consumer: Send + fmt::Debug {
+    /// The next delivery; `None` once the consumer or its broker is closed.
+    ///
+    /// # Errors
+    ///
+    /// Connection and broker errors. After an error the consumer may be used
+    /// again; backends reconnect where they can.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future before it completes loses no
+    /// message, so `recv` can be used in `tokio::select!` and with
+    /// timeouts.
+    async fn recv(&mut self) -> Result<Option<Delivery>>;
+
+    /// Stops consuming and gives unsettled deliveries back to the group.
+    /// Further `recv` calls return `None`. Closing twice is a no-op.
+    ///
+    /// # Errors
+    ///
+    /// Connection and broker errors while shutting down.
+    async fn close(&mut self) -> Result<()>;
+}
+
+#[async_trait]
+impl<C: Consumer + ?Sized> Consumer for Box<C> {
+    async fn recv(&mut self) -> Result<Option<Delivery>> {
+        (**self).recv().await
+    }
+    async fn close(&mut self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+/// Conveniences for every [`Consumer`].
+pub trait ConsumerExt: Consumer + Sized + 'static {
+    /// The consumer as a `futures::Stream` of deliveries, ending when the
+    /// consumer is closed.
+    ///
+    /// ```
+    /// # async fn run() -> mq_core::Result<()> {
+    /// use futures::StreamExt;
+    /// use mq_core::{Broker, ConsumerExt, Message, ProducerOptions, Subscription};
+    /// let broker = mq_memory::MemoryBroker::new();
+    /// let consumer = broker.subscribe(Subscription::new("t", "g")).await?;
+    /// broker.producer(ProducerOptions::default()).await?.send("t", Message::new("hi")).await?;
+    /// let mut stream = consumer.into_stream();
+    /// let delivery = stream.next().await.unwrap()?;
+    /// delivery.ack().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    fn into_stream(self) -> BoxStream<'static, Result<Delivery>> {
+        Box::pin(stream::unfold(self, |mut consumer| async move {
+            match consumer.recv().await {
+                Ok(Some(delivery)) => Some((Ok(delivery), consumer)),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), consumer)),
+            }
+        }))
+    }
+}
+
+impl<C: Consumer + Sized + 'static> ConsumerExt for C {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn _obj_safe(_: Box<dyn Consumer>) {}
+}

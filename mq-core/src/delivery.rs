@@ -1,0 +1,378 @@
+//! A received message and the handle that settles it: ack, requeue, dead-letter.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Error, Message, Result, headers};
+
+/// How a delivery is given back when it was not processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Nack {
+    /// Deliver it again, after `delay` (zero: as soon as possible), with
+    /// `attempt + 1`. Once the subscription's max attempts are used up the
+    /// message is dead-lettered instead.
+    Requeue {
+        /// How long to hold the message back.
+        delay: Duration,
+    },
+    /// Send it to the dead-letter topic with `reason`, and do not deliver it
+    /// again here.
+    DeadLetter {
+        /// Why; stored in the [`DEAD_LETTER_REASON`](headers::DEAD_LETTER_REASON) header.
+        reason: String,
+    },
+}
+
+impl Nack {
+    /// Requeue at once.
+    pub fn requeue() -> Self {
+        Nack::Requeue {
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Requeue after `delay`.
+    pub fn requeue_after(delay: Duration) -> Self {
+        Nack::Requeue { delay }
+    }
+
+    /// Dead-letter with `reason`.
+    pub fn dead_letter(reason: impl Into<String>) -> Self {
+        Nack::DeadLetter {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The backend side of a delivery: what `ack` and `nack` do on the broker.
+///
+/// Backends implement this once per delivery (or share one per consumer).
+/// [`Delivery`] makes the calls idempotent and exclusive, so an
+/// implementation is called at most once successfully, with either `ack` or
+/// `nack`. When an implementation returns an error the delivery stays
+/// unsettled and may be settled again.
+#[async_trait]
+pub trait AckHandle: Send + Sync + fmt::Debug {
+    /// Tells the broker the message was processed.
+    async fn ack(&self) -> Result<()>;
+    /// Requeues or dead-letters the message.
+    async fn nack(&self, nack: Nack) -> Result<()>;
+}
+
+const PENDING: u8 = 0;
+const BUSY: u8 = 1;
+const ACKED: u8 = 2;
+const REQUEUED: u8 = 3;
+const DEAD_LETTERED: u8 = 4;
+
+/// A received message, its attempt number, and the means to settle it.
+///
+/// Settle every delivery exactly once with [`ack`](Delivery::ack) or
+/// [`nack`](Delivery::nack). Acking twice is a no-op; any other second
+/// settlement is [`Error::AlreadySettled`], never a panic. A delivery dropped
+/// unsettled is delivered again later (at-least-once): when its consumer
+/// closes or, where the backend supports it, once the subscription's ack
+/// timeout passes.
+///
+/// ```
+/// # async fn handle(consumer: &mut dyn mq_core::Consumer) -> mq_core::Result<()> {
+/// use mq_core::Nack;
+/// while let Some(delivery) = consumer.recv().await? {
+///     match std::str::from_utf8(&delivery.message().payload) {
+///         Ok(text) => { println!("{text}"); delivery.ack().await? }
+///         Err(_) => delivery.nack(Nack::dead_letter("not UTF-8")).await?,
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Delivery {
+    message: Message,
+    attempt: u32,
+    topic: Arc<str>,
+    group: Arc<str>,
+    handle: Box<dyn AckHandle>,
+    state: AtomicU8,
+}
+
+impl Delivery {
+    /// Builds a delivery (for backends).
+    pub fn new(
+        message: Message,
+        attempt: u32,
+        topic: Arc<str>,
+        group: Arc<str>,
+        handle: Box<dyn AckHandle>,
+    ) -> Self {
+        Delivery {
+            message,
+            attempt: attempt.max(1),
+            topic,
+            group,
+            handle,
+            state: AtomicU8::new(PENDING),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Takes the message out, dropping the delivery unsettled (it will be
+    /// delivered again). Use after settling, or to keep a copy.
+    pub fn into_message(self) -> Message {
+        self.message
+    }
+
+    /// Which delivery of this message this is: 1 the first time.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The topic it was consumed from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The group it was consumed by.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Whether it has been acked or nacked.
+    pub fn is_settled(&self) -> bool {
+        self.state.load(Ordering::Acquire) > BUSY
+    }
+
+    /// Decodes the payload as JSON; see [`Message::decode_json`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] when the payload is not valid JSON for `T`.
+    pub fn decode_json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        self.message.decode_json()
+    }
+
+    /// Marks the message processed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadySettled`] after a nack; [`Error::DeliveryExpired`] when
+    /// the broker already took the message back; the backend's error
+    /// otherwise, in which case the delivery stays unsettled. A second ack
+    /// returns `Ok(())` and does nothing.
+    pub async fn ack(&self) -> Result<()> {
+        match self.begin()? {
+            Some(ACKED) => return Ok(()),
+            Some(other) => return Err(self.already(other)),
+            None => {}
+        }
+        self.finish(self.handle.ack().await, ACKED)
+    }
+
+    /// Gives the message back: requeue (with a delay) or dead-letter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadySettled`] when it was already acked or nacked;
+    /// the backend's error otherwise, in which case it stays unsettled.
+    pub async fn nack(&self, nack: Nack) -> Result<()> {
+        if let Some(state) = self.begin()? {
+            return Err(self.already(state));
+        }
+        let settled = match nack {
+            Nack::Requeue { .. } => REQUEUED,
+            Nack::DeadLetter { .. } => DEAD_LETTERED,
+        };
+        self.finish(self.handle.nack(nack).await, settled)
+    }
+
+    /// Claims the delivery for settling. `Ok(None)`: claimed; `Ok(Some(s))`:
+    /// already settled as `s`.
+    fn begin(&self) -> Result<Option<u8>> {
+        match self
+            .state
+            .compare_exchange(PENDING, BUSY, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(None),
+            Err(BUSY) => Err(Error::Backend {
+                backend: "mq",
+                operation: format!("settle message `{}`", self.message.id),
+                reason: "another ack or nack of this delivery is in progress".into(),
+                retryable: true,
+                source: None,
+            }),
+            Err(state) => Ok(Some(state)),
+        }
+    }
+
+    fn finish(&self, result: Result<()>, settled: u8) -> Result<()> {
+        let next = if result.is_ok() { settled } else { PENDING };
+        self.state.store(next, Ordering::Release);
+        result
+    }
+
+    fn already(&self, state: u8) -> Error {
+        Error::AlreadySettled {
+            id: self.message.id.clone(),
+            settled: match state {
+                ACKED => "acked",
+                REQUEUED => "requeued",
+                _ => "dead-lettered",
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("id", &self.message.id)
+            .field("attempt", &self.attempt)
+            .field("settled", &self.is_settled())
+            .finish()
+    }
+}
+
+/// The copy of `message` that goes to a dead-letter topic: the original with
+/// headers naming the reason, the original topic and group, and the attempts.
+///
+/// Every backend uses this, so dead letters look the same everywhere.
+pub fn dead_letter_message(
+    message: &Message,
+    topic: &str,
+    group: &str,
+    attempts: u32,
+    reason: &str,
+) -> Message {
+    let mut dead = message.clone();
+    dead.headers.remove(headers::ATTEMPT);
+    dead.headers
+        .insert(headers::DEAD_LETTER_REASON.into(), reason.into());
+    dead.headers.insert(headers::ORIGINAL_TOPIC.into(), topic.into());
+    dead.headers.insert(headers::ORIGINAL_GROUP.into(), group.into());
+    dead.headers
+        .insert(headers::ATTEMPTS.into(), attempts.to_string());
+    dead
+}
+
+/// The reason given when a message is dead-lettered for running out of attempts.
+pub fn attempts_exhausted_reason(max_attempts: u32) -> String {
+    format!("max attempts ({max_attempts}) reached")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Debug, Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        fail_next: Mutex<bool>,
+    }
+
+    #[async_trait]
+    impl AckHandle for Arc<Recorder> {
+        async fn ack(&self) -> Result<()> {
+            self.record("ack".into())
+        }
+        async fn nack(&self, nack: Nack) -> Result<()> {
+            self.record(format!("{nack:?}"))
+        }
+    }
+
+    impl Recorder {
+        fn record(&self, call: String) -> Result<()> {
+            let mut fail = self.fail_next.lock().unwrap();
+            if *fail {
+                *fail = false;
+                return Err(Error::backend("test", "settle", "injected"));
+            }
+            self.calls.lock().unwrap().push(call);
+            Ok(())
+        }
+    }
+
+    fn delivery(rec: &Arc<Recorder>) -> Delivery {
+        Delivery::new(
+            Message::new("x"),
+            0,
+            "t".into(),
+            "g".into(),
+            Box::new(rec.clone()),
+        )
+    }
+
+    #[tokio::test]
+    async fn ack_twice_is_a_no_op() {
+        let rec = Arc::new(Recorder::default());
+        let d = delivery(&rec);
+        assert_eq!(d.attempt(), 1, "attempts start at 1");
+        d.ack().await.unwrap();
+        d.ack().await.unwrap();
+        assert_eq!(rec.calls.lock().unwrap().len(), 1);
+        assert!(d.is_settled());
+    }
+
+    #[tokio::test]
+    async fn nack_after_ack_is_an_error() {
+        let rec = Arc::new(Recorder::default());
+        let d = delivery(&rec);
+        d.ack().await.unwrap();
+        let err = d.nack(Nack::requeue()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::AlreadySettled { settled: "acked", .. }),
+            "{err:?}"
+        );
+        assert_eq!(rec.calls.lock().unwrap().as_slice(), ["ack"]);
+    }
+
+    #[tokio::test]
+    async fn ack_after_dead_letter_is_an_error() {
+        let rec = Arc::new(Recorder::default());
+        let d = delivery(&rec);
+        d.nack(Nack::dead_letter("bad")).await.unwrap();
+        let err = d.ack().await.unwrap_err();
+        assert!(matches!(
+            err,
+            Error::AlreadySettled {
+                settled: "dead-lettered",
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn failed_ack_leaves_delivery_unsettled() {
+        let rec = Arc::new(Recorder::default());
+        *rec.fail_next.lock().unwrap() = true;
+        let d = delivery(&rec);
+        assert!(d.ack().await.is_err());
+        assert!(!d.is_settled());
+        d.ack().await.unwrap();
+        assert!(d.is_settled());
+    }
+
+    #[test]
+    fn dead_letter_copy_names_its_origin() {
+        let msg = Message::new("p")
+            .with_header(headers::ATTEMPT, "3")
+            .with_header("app", "1");
+        let dead = dead_letter_message(&msg, "orders", "billing", 3, "boom");
+        assert_eq!(dead.id, msg.id);
+        assert_eq!(dead.header(headers::DEAD_LETTER_REASON), Some("boom"));
+        assert_eq!(dead.header(headers::ORIGINAL_TOPIC), Some("orders"));
+        assert_eq!(dead.header(headers::ORIGINAL_GROUP), Some("billing"));
+        assert_eq!(dead.header(headers::ATTEMPTS), Some("3"));
+        assert_eq!(dead.header("app"), Some("1"));
+        assert_eq!(dead.header(headers::ATTEMPT), None);
+    }
+}

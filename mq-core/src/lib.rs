@@ -1,0 +1,70 @@
+//! # mq-core: one message-queue contract, any broker
+//!
+//! mq-core is the portable part of mq: the traits every backend implements
+//! and every application codes against.
+//!
+//! * [`Broker`] makes [`Producer`]s and [`Consumer`]s; pick one by URL with
+//!   a [`Registry`] (`memory://`, `amqp://`, `kafka://`, `redis://`).
+//! * [`Producer::send`] returns a [`Receipt`] once the broker has the message.
+//! * [`Consumer::recv`] yields [`Delivery`]s, settled with
+//!   [`ack`](Delivery::ack) or [`nack`](Delivery::nack) ([`Nack::Requeue`]
+//!   with a delay, [`Nack::DeadLetter`] with a reason).
+//! * A [`Subscription`] names a topic and a group: every group gets every
+//!   message; consumers in one group compete for them.
+//! * [`Capabilities`] say what a backend guarantees.
+//!
+//! ```
+//! # async fn run() -> mq_core::Result<()> {
+//! use mq_core::{Message, ProducerOptions, Registry, Subscription};
+//!
+//! let mut registry = Registry::new();
+//! mq_memory::register(&mut registry);
+//! let broker = registry.connect("memory://").await?;
+//!
+//! let mut consumer = broker.subscribe(Subscription::new("orders", "billing")).await?;
+//! let producer = broker.producer(ProducerOptions::default()).await?;
+//! producer.send("orders", Message::new("2 teas")).await?;
+//!
+//! let delivery = consumer.recv().await?.expect("consumer is open");
+//! assert_eq!(delivery.message().payload, "2 teas");
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! ## Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `testkit` | [`testkit`]: the conformance checks every backend runs |
+
+mod broker;
+mod capabilities;
+mod config;
+mod consumer;
+mod delivery;
+mod error;
+pub mod headers;
+mod message;
+mod producer;
+mod registry;
+mod subscription;
+pub mod url;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use broker::Broker;
+pub use capabilities::Capabilities;
+pub use config::{MqConfig, OptionValue};
+pub use consumer::{Consumer, ConsumerExt};
+pub use delivery::{AckHandle, Delivery, Nack, attempts_exhausted_reason, dead_letter_message};
+pub use error::{BoxError, Error, Result};
+pub use message::{Headers, Message, new_id, time_from_millis};
+pub use producer::{Position, Producer, ProducerExt, ProducerOptions, Receipt};
+pub use registry::{Connector, Registry};
+pub use subscription::{StartPosition, Subscription};
+pub use url::{BrokerUrl, HostPort, Secret};
+
+#[doc(hidden)]
+pub use async_trait::async_trait;

@@ -1,0 +1,222 @@
+//! The message model: id, key, headers, payload, timestamp.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result};
+
+/// Message headers: string keys to string values, kept in key order.
+pub type Headers = BTreeMap<String, String>;
+
+/// One message: what a producer sends and a consumer receives.
+///
+/// * `id` is unique and sortable by creation time (a UUIDv7); it is generated
+///   by [`Message::new`] and kept end to end, so consumers can deduplicate.
+/// * `key`, when set, is what the broker orders and partitions by: messages
+///   with the same key reach a consumer in the order they were sent.
+/// * `headers` travel with the message; names starting with `mq-` are
+///   reserved for mq itself (see [`headers`](crate::headers)).
+/// * `payload` is any bytes, UTF-8 or not.
+/// * `timestamp` is the creation time, kept to the millisecond.
+///
+/// # Examples
+///
+/// ```
+/// use mq_core::Message;
+///
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Order { id: u32, item: String }
+///
+/// let msg = Message::json(&Order { id: 7, item: "tea".into() })?
+///     .with_key("customer-42")
+///     .with_header("source", "web");
+/// let back: Order = msg.decode_json()?;
+/// assert_eq!(back, Order { id: 7, item: "tea".into() });
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// Unique id, generated when the message is created.
+    pub id: String,
+    /// Ordering and partitioning key.
+    pub key: Option<String>,
+    /// Application headers.
+    pub headers: Headers,
+    /// The body, any bytes.
+    pub payload: Bytes,
+    /// When the message was created, to the millisecond.
+    pub timestamp: SystemTime,
+}
+
+impl Message {
+    /// A message with this payload, a fresh id and the current time.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: new_id(),
+            key: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            timestamp: now_millis(),
+        }
+    }
+
+    /// A message whose payload is `value` encoded as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when `value` cannot be serialized (a map with
+    /// non-string keys, a failing `Serialize` impl).
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let payload = serde_json::to_vec(value).map_err(|e| Error::Encode {
+            target: std::any::type_name::<T>(),
+            source: Box::new(e),
+        })?;
+        Ok(Message::new(payload).with_header(crate::headers::CONTENT_TYPE, "application/json"))
+    }
+
+    /// Decodes the payload as JSON into a `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the message id and the target type when the
+    /// payload is not valid JSON for `T`.
+    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|e| Error::Decode {
+            id: self.id.clone(),
+            target: std::any::type_name::<T>(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Sets the id (for instance to keep an upstream id for deduplication).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the ordering key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the timestamp (kept to the millisecond).
+    pub fn with_timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.timestamp = truncate_millis(timestamp);
+        self
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The timestamp as milliseconds since the Unix epoch (0 for earlier times).
+    pub fn timestamp_millis(&self) -> u64 {
+        self.timestamp
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// A rough size of the message on the wire: payload, key, id and headers.
+    pub fn encoded_len(&self) -> usize {
+        self.payload.len()
+            + self.id.len()
+            + self.key.as_ref().map_or(0, String::len)
+            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+}
+
+/// A new unique, time-sortable message id (UUIDv7, hyphenated).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
+}
+
+/// `SystemTime` from milliseconds since the Unix epoch, for adapters that
+/// store timestamps as numbers.
+pub fn time_from_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+fn now_millis() -> SystemTime {
+    truncate_millis(SystemTime::now())
+}
+
+fn truncate_millis(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        Err(_) => t,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_are_unique_and_sortable() {
+        let ids: Vec<String> = (0..10_000).map(|_| Message::new("x").id).collect();
+        let unique: HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids, "ids generated in sequence sort in that sequence");
+    }
+
+    #[test]
+    fn binary_payload_is_kept() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let msg = Message::new(bytes.clone());
+        assert_eq!(&msg.payload[..], &bytes[..]);
+    }
+
+    #[test]
+    fn undecodable_payload_is_a_typed_error() {
+        let msg = Message::new(vec![0xff, 0xfe, 0x00]);
+        let err = msg.decode_json::<Vec<u32>>().unwrap_err();
+        match &err {
+            Error::Decode { id, target, .. } => {
+                assert_eq!(id, &msg.id);
+                assert!(target.contains("Vec<u32>"), "{target}");
+            }
+            other => panic!("expected Decode, got {other:?}"),
+        }
+        assert!(err.to_string().contains(&msg.id));
+    }
+
+    #[test]
+    fn json_round_trip_sets_content_type() {
+        let msg = Message::json(&serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(msg.header(crate::headers::CONTENT_TYPE), Some("application/json"));
+        let v: serde_json::Value = msg.decode_json().unwrap();
+        assert_eq!(v["a"], 1);
+    }
+
+    #[test]
+    fn unencodable_value_is_a_typed_error() {
+        let mut map = std::collections::HashMap::new();
+        map.insert((1, 2), "non-string key");
+        let err = Message::json(&map).unwrap_err();
+        assert!(matches!(err, Error::Encode { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn timestamp_is_whole_millis() {
+        let msg = Message::new("");
+        let millis = msg.timestamp_millis();
+        assert_eq!(time_from_millis(millis), msg.timestamp);
+    }
+}

@@ -1,0 +1,155 @@
+//! Checks of closing and reopening.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::*;
+use crate::{ConsumerExt, Error};
+
+/// Closing a consumer and subscribing the group again continues where it
+/// was: unsettled messages come back, acked ones do not, new ones arrive.
+pub async fn close_then_resubscribe_continues_without_loss(broker: Arc<dyn Broker>) {
+    let topic = unique("resub");
+    let sub = || Subscription::new(&topic, "g").prefetch(20);
+    let mut consumer = subscribe(&broker, sub()).await;
+    let producer = producer(&broker).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(
+            send(
+                producer.as_ref(),
+                &topic,
+                Message::new(format!("first {i}")).with_key("k"),
+            )
+            .await
+            .id,
+        );
+    }
+    let mut acked = HashSet::new();
+    for m in receive_n(consumer.as_mut(), 5, "the first five").await {
+        acked.insert(m.id);
+    }
+    let unsettled = expect_delivery(consumer.as_mut(), "a sixth, left unsettled").await;
+    let unsettled_id = unsettled.message().id.clone();
+    consumer.close().await.expect("close");
+    drop(unsettled);
+    for i in 0..10 {
+        sent.push(
+            send(
+                producer.as_ref(),
+                &topic,
+                Message::new(format!("second {i}")).with_key("k"),
+            )
+            .await
+            .id,
+        );
+    }
+    let mut consumer = subscribe(&broker, sub()).await;
+    let expected: HashSet<String> = sent.iter().filter(|id| !acked.contains(*id)).cloned().collect();
+    let mut got = HashSet::new();
+    for m in receive_n(consumer.as_mut(), expected.len(), "the rest after resubscribing").await {
+        assert!(
+            !acked.contains(&m.id),
+            "message {} was acked before close and came back",
+            m.id
+        );
+        got.insert(m.id);
+    }
+    assert!(got.contains(&unsettled_id), "the unsettled message came back");
+    assert_eq!(got, expected, "nothing lost across close and resubscribe");
+    expect_nothing(consumer.as_mut(), "everything was acked").await;
+}
+
+/// A consumer is a `futures::Stream` of deliveries.
+pub async fn consumer_is_a_stream(broker: Arc<dyn Broker>) {
+    let topic = unique("stream");
+    let consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let producer = producer(&broker).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            send(
+                producer.as_ref(),
+                &topic,
+                Message::new(format!("{i}")).with_key("k"),
+            )
+            .await
+            .id,
+        );
+    }
+    let mut stream = consumer.into_stream();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("stream item in time")
+            .expect("stream still open")
+            .expect("delivery");
+        ack(&d).await;
+        got.push(d.message().id.clone());
+    }
+    assert_eq!(got, ids);
+}
+
+/// `recv` after `close` returns `None`; closing twice is fine.
+pub async fn recv_after_close_returns_none(broker: Arc<dyn Broker>) {
+    let topic = unique("closed");
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let producer = producer(&broker).await;
+    send(producer.as_ref(), &topic, Message::new("after close")).await;
+    consumer.close().await.expect("close");
+    consumer.close().await.expect("closing twice is a no-op");
+    let next = tokio::time::timeout(WAIT, consumer.recv())
+        .await
+        .expect("recv returns promptly");
+    assert!(
+        matches!(next, Ok(None)),
+        "recv after close must be Ok(None), got {next:?}"
+    );
+}
+
+/// After `Broker::close`, sends fail with `Closed`, no producer or
+/// subscription can be made, and open consumers end.
+pub async fn send_after_broker_close_is_error(broker: Arc<dyn Broker>) {
+    let topic = unique("brokerclose");
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let producer = producer(&broker).await;
+    send(producer.as_ref(), &topic, Message::new("before close")).await;
+    broker.close().await.expect("close");
+    broker.close().await.expect("closing twice is a no-op");
+    let err = producer
+        .send(&topic, Message::new("after close"))
+        .await
+        .expect_err("send after close must fail");
+    assert!(
+        matches!(err, Error::Closed { .. }),
+        "expected Error::Closed, got {err:?}"
+    );
+    assert!(!err.is_retryable(), "a closed broker is not worth retrying");
+    let batch = producer.send_batch(&topic, vec![Message::new("x")]).await;
+    assert!(
+        matches!(batch, Err(Error::Closed { .. })),
+        "send_batch after close: {batch:?}"
+    );
+    assert!(
+        broker.producer(ProducerOptions::default()).await.is_err(),
+        "no producer after close"
+    );
+    assert!(
+        broker.subscribe(Subscription::new(&topic, "g2")).await.is_err(),
+        "no subscription after close"
+    );
+    // The open consumer ends (it may first hand out what it already had).
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match consumer.recv().await {
+                Ok(None) | Err(_) => return,
+                Ok(Some(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "an open consumer ends after the broker closes");
+}

@@ -1,0 +1,235 @@
+//! The in-memory broker: a set of topics, shared by its producers and consumers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use async_trait::async_trait;
+use mq_core::{
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
+    Subscription,
+};
+
+use crate::MemoryConfig;
+use crate::consumer::MemoryConsumer;
+use crate::producer::MemoryProducer;
+use crate::topic::{DeadLetter, GroupStats, Policy, Topic};
+
+/// An in-memory broker with the full portable semantics of mq.
+///
+/// Topics are created on first use. Every group gets every message; the
+/// consumers of a group compete; unsettled deliveries come back when their
+/// consumer closes or is dropped and when the ack timeout passes; failed
+/// deliveries are requeued (optionally after a delay) until the
+/// subscription's max attempts, then dead-lettered. Each topic retains at
+/// most [`MemoryConfig::capacity`] messages: a topic whose oldest message is
+/// still waiting for a group is full, and `send` waits for room.
+///
+/// Each `MemoryBroker::new` is independent: there is no global state, and
+/// clones share one broker.
+///
+/// ```
+/// # async fn run() -> mq_core::Result<()> {
+/// use mq_core::{Broker, Message, Nack, ProducerOptions, Subscription};
+/// use std::time::Duration;
+///
+/// let broker = mq_memory::MemoryBroker::new();
+/// let mut consumer = broker.subscribe(Subscription::new("jobs", "workers")).await?;
+/// let producer = broker.producer(ProducerOptions::default()).await?;
+/// producer.send("jobs", Message::new("resize image 7")).await?;
+///
+/// let first = consumer.recv().await?.unwrap();
+/// first.nack(Nack::requeue_after(Duration::from_millis(10))).await?;
+/// let second = consumer.recv().await?.unwrap();
+/// assert_eq!(second.attempt(), 2);
+/// second.ack().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBroker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    pub(crate) config: MemoryConfig,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    closed: AtomicBool,
+    next_consumer: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Arc<Topic> {
+        if let Some(topic) = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return topic.clone();
+        }
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let topic = topics
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Topic::new(name, self.config.capacity)));
+        if self.is_closed() {
+            topic.lock().closed = true;
+        }
+        topic.clone()
+    }
+
+    /// Appends dead letters to their topics. They never wait for room.
+    pub(crate) fn dead_letter_all(&self, dead: Vec<DeadLetter>) {
+        for (topic_name, message) in dead {
+            let topic = self.topic(&topic_name);
+            topic.lock().force_append(message);
+            topic.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn closed_error(&self) -> Error {
+        Error::closed("memory broker")
+    }
+}
+
+impl MemoryBroker {
+    /// A new broker with the default [`MemoryConfig`].
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// A new broker with `config`.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        MemoryBroker {
+            inner: Arc::new(Inner {
+                config,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.inner.config
+    }
+
+    /// A producer with the concrete type, which adds
+    /// [`try_send`](MemoryProducer::try_send).
+    pub fn memory_producer(&self, options: ProducerOptions) -> MemoryProducer {
+        MemoryProducer::new(self.inner.clone(), options)
+    }
+
+    /// A snapshot of `group` on `topic`; `None` if the group does not exist.
+    pub fn group_stats(&self, topic: &str, group: &str) -> Option<GroupStats> {
+        self.inner.topic(topic).lock().stats(group)
+    }
+
+    /// How many messages `topic` retains.
+    pub fn topic_len(&self, topic: &str) -> usize {
+        self.inner.topic(topic).lock().len()
+    }
+}
+
+/// What the memory broker guarantees, given its largest message size.
+pub(crate) fn capabilities(max_message_bytes: usize) -> Capabilities {
+    let mut caps = Capabilities::default();
+    caps.ordering_per_key = true;
+    caps.delayed_requeue = true;
+    caps.consumer_groups = true;
+    caps.replay_from_earliest = true;
+    caps.ack_timeout_redelivery = true;
+    caps.dead_letter = true;
+    caps.max_message_bytes = Some(max_message_bytes);
+    caps
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities(self.inner.config.max_message_bytes)
+    }
+
+    async fn producer(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        if self.inner.is_closed() {
+            return Err(self.inner.closed_error());
+        }
+        Ok(Box::new(self.memory_producer(options)))
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
+        if self.inner.is_closed() {
+            return Err(self.inner.closed_error());
+        }
+        for (what, name) in [("topic", &subscription.topic), ("group", &subscription.group)] {
+            if name.is_empty() {
+                return Err(Error::InvalidOption {
+                    backend: "memory",
+                    option: what.into(),
+                    reason: format!("the {what} name is empty"),
+                });
+            }
+        }
+        let topic = self.inner.topic(&subscription.topic);
+        let policy = Arc::new(Policy::new(subscription));
+        let id = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
+        topic.lock().attach(&policy, id);
+        Ok(Box::new(MemoryConsumer::new(
+            self.inner.clone(),
+            topic,
+            policy,
+            id,
+        )))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for topic in topics {
+            topic.lock().closed = true;
+            topic.notify.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+/// Connects `memory://` URLs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryConnector;
+
+#[async_trait]
+impl Connector for MemoryConnector {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["memory"]
+    }
+
+    async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
+        Ok(Arc::new(MemoryBroker::with_config(MemoryConfig::from_url(url)?)))
+    }
+}
+
+/// Registers the `memory://` scheme in `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register(Arc::new(MemoryConnector));
+}

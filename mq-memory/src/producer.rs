@@ -1,0 +1,169 @@
+//! Sending to the in-memory broker.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
+
+use crate::broker::Inner;
+use crate::topic::Topic;
+
+/// A producer of a [`MemoryBroker`](crate::MemoryBroker).
+///
+/// `send` returns once the message is in the topic; on a full topic it waits
+/// for room (up to [`ProducerOptions::send_timeout`]);
+/// [`try_send`](MemoryProducer::try_send) never waits and gives the message
+/// back instead.
+#[derive(Debug, Clone)]
+pub struct MemoryProducer {
+    inner: Arc<Inner>,
+    options: ProducerOptions,
+}
+
+impl MemoryProducer {
+    pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
+        MemoryProducer { inner, options }
+    }
+
+    /// Sends without waiting for room.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] with the message inside (take it back with
+    /// [`Error::into_message`]) when the topic is full;
+    /// [`Error::TooLarge`]; [`Error::Closed`].
+    ///
+    /// ```
+    /// use mq_core::{Broker, Message, ProducerOptions, Subscription};
+    /// # async fn run() -> mq_core::Result<()> {
+    /// let broker = mq_memory::MemoryBroker::with_config(mq_memory::MemoryConfig::default().capacity(1));
+    /// let _consumer = broker.subscribe(Subscription::new("t", "g")).await?;
+    /// let producer = broker.memory_producer(ProducerOptions::default());
+    /// producer.try_send("t", Message::new("first"))?;
+    /// let err = producer.try_send("t", Message::new("second")).unwrap_err();
+    /// assert_eq!(err.into_message().unwrap().payload, "second");
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn try_send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        self.check(topic, &message)?;
+        let topic = self.inner.topic(topic);
+        let id = message.id.clone();
+        let result = topic.lock().try_append(message);
+        match result {
+            Ok(offset) => {
+                topic.notify.notify_waiters();
+                Ok(receipt(&topic, id, offset))
+            }
+            Err(message) => Err(Error::Full {
+                topic: topic.name.to_string(),
+                message: Box::new(message),
+            }),
+        }
+    }
+
+    fn check(&self, topic: &str, message: &Message) -> Result<()> {
+        if self.inner.is_closed() {
+            return Err(self.inner.closed_error());
+        }
+        if topic.is_empty() {
+            return Err(Error::InvalidOption {
+                backend: "memory",
+                option: "topic".into(),
+                reason: "the topic name is empty".into(),
+            });
+        }
+        let size = message.encoded_len();
+        let limit = self.inner.config.max_message_bytes;
+        if size > limit {
+            return Err(Error::TooLarge {
+                topic: topic.to_string(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends `messages` in order, waiting for room as needed.
+    async fn append_all(&self, topic_name: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        for message in &messages {
+            self.check(topic_name, message)?;
+        }
+        let topic = self.inner.topic(topic_name);
+        let mut receipts = Vec::with_capacity(messages.len());
+        let mut pending = VecDeque::from(messages);
+        while !pending.is_empty() {
+            let notified = topic.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = topic.lock();
+                if state.closed {
+                    return Err(self.inner.closed_error());
+                }
+                while let Some(message) = pending.pop_front() {
+                    let id = message.id.clone();
+                    match state.try_append(message) {
+                        Ok(offset) => receipts.push(receipt(&topic, id, offset)),
+                        Err(message) => {
+                            // Full: keep it first in line and wait for room.
+                            pending.push_front(message);
+                            break;
+                        }
+                    }
+                }
+            }
+            topic.notify.notify_waiters();
+            if !pending.is_empty() {
+                notified.await;
+            }
+        }
+        Ok(receipts)
+    }
+
+    async fn append_all_timed(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        match self.options.send_timeout {
+            None => self.append_all(topic, messages).await,
+            Some(after) => tokio::time::timeout(after, self.append_all(topic, messages))
+                .await
+                .map_err(|_| Error::Timeout {
+                    operation: format!("send to memory topic `{topic}`"),
+                    after,
+                })?,
+        }
+    }
+}
+
+fn receipt(topic: &Topic, id: String, offset: u64) -> Receipt {
+    Receipt::new(
+        topic.name.as_ref(),
+        id,
+        Position::Offset {
+            partition: None,
+            offset,
+        },
+    )
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let mut receipts = self.append_all_timed(topic, vec![message]).await?;
+        receipts
+            .pop()
+            .ok_or_else(|| Error::backend("memory", format!("send to `{topic}`"), "no receipt was produced"))
+    }
+
+    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        self.append_all_timed(topic, messages).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        if self.inner.is_closed() {
+            return Err(self.inner.closed_error());
+        }
+        Ok(())
+    }
+}
