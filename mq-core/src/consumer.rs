@@ -3,6 +3,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
 
 use crate::{Delivery, Result};
@@ -40,18 +41,16 @@ pub trait Consumer: Send + fmt::Debug {
     async fn close(&mut self) -> Result<()>;
 }
 
-#[async_trait]
-impl<C: Consumer + ?Sized> Consumer for Box<C> {
-    async fn recv(&mut self) -> Result<Option<Delivery>> {
-        (**self).recv().await
-    }
-    async fn close(&mut self) -> Result<()> {
-        (**self).close().await
-    }
-}
+/// Conveniences for consumers: a concrete one or a `Box<dyn Consumer>`.
+///
+/// (There is deliberately no `impl Consumer for Box<dyn Consumer>`: method
+/// calls would pick it before the boxed consumer's own methods and box every
+/// `recv` future twice.)
+pub trait ConsumerExt: Sized + Send + 'static {
+    /// The next delivery (the consumer's own `recv`).
+    #[doc(hidden)]
+    fn recv_next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>>>;
 
-/// Conveniences for every [`Consumer`].
-pub trait ConsumerExt: Consumer + Sized + 'static {
     /// The consumer as a `futures::Stream` of deliveries, ending when the
     /// consumer is closed.
     ///
@@ -70,7 +69,7 @@ pub trait ConsumerExt: Consumer + Sized + 'static {
     /// ```
     fn into_stream(self) -> BoxStream<'static, Result<Delivery>> {
         Box::pin(stream::unfold(self, |mut consumer| async move {
-            match consumer.recv().await {
+            match consumer.recv_next().await {
                 Ok(Some(delivery)) => Some((Ok(delivery), consumer)),
                 Ok(None) => None,
                 Err(e) => Some((Err(e), consumer)),
@@ -79,7 +78,17 @@ pub trait ConsumerExt: Consumer + Sized + 'static {
     }
 }
 
-impl<C: Consumer + Sized + 'static> ConsumerExt for C {}
+impl<C: Consumer + 'static> ConsumerExt for C {
+    fn recv_next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>>> {
+        self.recv()
+    }
+}
+
+impl ConsumerExt for Box<dyn Consumer> {
+    fn recv_next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>>> {
+        (**self).recv()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -51,17 +51,18 @@ impl Nack {
 
 /// The backend side of a delivery: what `ack` and `nack` do on the broker.
 ///
-/// Backends implement this once per delivery (or share one per consumer).
-/// [`Delivery`] makes the calls idempotent and exclusive, so an
-/// implementation is called at most once successfully, with either `ack` or
-/// `nack`. When an implementation returns an error the delivery stays
-/// unsettled and may be settled again.
+/// Backends implement this once per delivery. [`Delivery`] makes the calls
+/// idempotent and exclusive, so an implementation is called at most once
+/// successfully, with either `ack` or `nack`, and is handed the delivery it
+/// settles (its message, attempt, topic and group: what a requeue by
+/// republishing or a dead letter needs). When an implementation returns an
+/// error the delivery stays unsettled and may be settled again.
 #[async_trait]
 pub trait AckHandle: Send + Sync + fmt::Debug {
-    /// Tells the broker the message was processed.
-    async fn ack(&self) -> Result<()>;
-    /// Requeues or dead-letters the message.
-    async fn nack(&self, nack: Nack) -> Result<()>;
+    /// Tells the broker `delivery` was processed.
+    async fn ack(&self, delivery: &Delivery) -> Result<()>;
+    /// Requeues or dead-letters `delivery`.
+    async fn nack(&self, delivery: &Delivery, nack: Nack) -> Result<()>;
 }
 
 const PENDING: u8 = 0;
@@ -91,7 +92,7 @@ const DEAD_LETTERED: u8 = 4;
 /// # Ok(()) }
 /// ```
 pub struct Delivery {
-    message: Message,
+    message: Arc<Message>,
     attempt: u32,
     topic: Arc<str>,
     group: Arc<str>,
@@ -103,6 +104,18 @@ impl Delivery {
     /// Builds a delivery (for backends).
     pub fn new(
         message: Message,
+        attempt: u32,
+        topic: Arc<str>,
+        group: Arc<str>,
+        handle: Box<dyn AckHandle>,
+    ) -> Self {
+        Self::shared(Arc::new(message), attempt, topic, group, handle)
+    }
+
+    /// Builds a delivery of a message the backend also keeps (for backends
+    /// that hold the message for redelivery: no copy is made).
+    pub fn shared(
+        message: Arc<Message>,
         attempt: u32,
         topic: Arc<str>,
         group: Arc<str>,
@@ -126,7 +139,7 @@ impl Delivery {
     /// Takes the message out, dropping the delivery unsettled (it will be
     /// delivered again). Use after settling, or to keep a copy.
     pub fn into_message(self) -> Message {
-        self.message
+        Arc::try_unwrap(self.message).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// Which delivery of this message this is: 1 the first time.
@@ -172,7 +185,7 @@ impl Delivery {
             Some(other) => return Err(self.already(other)),
             None => {}
         }
-        self.finish(self.handle.ack().await, ACKED)
+        self.finish(self.handle.ack(self).await, ACKED)
     }
 
     /// Gives the message back: requeue (with a delay) or dead-letter.
@@ -189,7 +202,7 @@ impl Delivery {
             Nack::Requeue { .. } => REQUEUED,
             Nack::DeadLetter { .. } => DEAD_LETTERED,
         };
-        self.finish(self.handle.nack(nack).await, settled)
+        self.finish(self.handle.nack(self, nack).await, settled)
     }
 
     /// Claims the delivery for settling. `Ok(None)`: claimed; `Ok(Some(s))`:
@@ -281,10 +294,10 @@ mod tests {
 
     #[async_trait]
     impl AckHandle for Arc<Recorder> {
-        async fn ack(&self) -> Result<()> {
+        async fn ack(&self, _: &Delivery) -> Result<()> {
             self.record("ack".into())
         }
-        async fn nack(&self, nack: Nack) -> Result<()> {
+        async fn nack(&self, _: &Delivery, nack: Nack) -> Result<()> {
             self.record(format!("{nack:?}"))
         }
     }

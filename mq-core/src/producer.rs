@@ -1,6 +1,7 @@
 //! Sending: the `Producer` trait, receipts and producer options.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,8 +51,9 @@ impl fmt::Display for Position {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Receipt {
-    /// The topic the message was sent to.
-    pub topic: String,
+    /// The topic the message was sent to (shared, so a receipt costs no copy
+    /// of the name).
+    pub topic: Arc<str>,
     /// The message id.
     pub id: String,
     /// Where the broker put it.
@@ -60,7 +62,7 @@ pub struct Receipt {
 
 impl Receipt {
     /// Builds a receipt (for backends).
-    pub fn new(topic: impl Into<String>, id: impl Into<String>, position: Position) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, id: impl Into<String>, position: Position) -> Self {
         Receipt {
             topic: topic.into(),
             id: id.into(),
@@ -98,7 +100,7 @@ impl ProducerOptions {
 /// let broker = mq_memory::MemoryBroker::new();
 /// let producer = broker.producer(ProducerOptions::default()).await?;
 /// let receipt = producer.send("orders", Message::new("tea")).await?;
-/// assert_eq!(receipt.topic, "orders");
+/// assert_eq!(&*receipt.topic, "orders");
 /// # Ok(()) }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
 /// ```
@@ -151,32 +153,6 @@ pub trait ProducerExt: Producer {
 }
 
 impl<P: Producer + ?Sized> ProducerExt for P {}
-
-#[async_trait]
-impl<P: Producer + ?Sized> Producer for Box<P> {
-    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
-        (**self).send(topic, message).await
-    }
-    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
-        (**self).send_batch(topic, messages).await
-    }
-    async fn flush(&self) -> Result<()> {
-        (**self).flush().await
-    }
-}
-
-#[async_trait]
-impl<P: Producer + ?Sized> Producer for std::sync::Arc<P> {
-    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
-        (**self).send(topic, message).await
-    }
-    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
-        (**self).send_batch(topic, messages).await
-    }
-    async fn flush(&self) -> Result<()> {
-        (**self).flush().await
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! The in-memory broker: a set of topics, shared by its producers and consumers.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -13,7 +14,7 @@ use mq_core::{
 use crate::MemoryConfig;
 use crate::consumer::MemoryConsumer;
 use crate::producer::MemoryProducer;
-use crate::topic::{DeadLetter, GroupStats, Policy, Topic};
+use crate::topic::{DeadLetter, GroupStats, Policy, Topic, wake};
 
 /// An in-memory broker with the full portable semantics of mq.
 ///
@@ -54,7 +55,7 @@ pub struct MemoryBroker {
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     pub(crate) config: MemoryConfig,
-    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    topics: RwLock<HashMap<String, Arc<Topic>, BuildHasherDefault<Fnv>>>,
     closed: AtomicBool,
     next_consumer: AtomicU64,
 }
@@ -62,6 +63,23 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on topic `name` if it exists, without cloning its `Arc`
+    /// (the hot path of a send: no reference-count traffic shared with the
+    /// consumers).
+    /// `value` comes back untouched when the topic does not exist yet.
+    pub(crate) fn with_topic<T, R>(
+        &self,
+        name: &str,
+        value: T,
+        f: impl FnOnce(&Topic, T) -> R,
+    ) -> std::result::Result<R, T> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        match topics.get(name) {
+            Some(topic) => Ok(f(topic, value)),
+            None => Err(value),
+        }
     }
 
     pub(crate) fn topic(&self, name: &str) -> Arc<Topic> {
@@ -87,13 +105,40 @@ impl Inner {
     pub(crate) fn dead_letter_all(&self, dead: Vec<DeadLetter>) {
         for (topic_name, message) in dead {
             let topic = self.topic(&topic_name);
-            topic.lock().force_append(message);
-            topic.notify.notify_waiters();
+            let woken = {
+                let mut state = topic.lock();
+                state.force_append(message);
+                state.changed()
+            };
+            wake(woken);
         }
     }
 
     pub(crate) fn closed_error(&self) -> Error {
         Error::closed("memory broker")
+    }
+}
+
+/// FNV-1a: topic names are short and chosen by the application, and SipHash
+/// was a visible part of every send.
+#[derive(Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 
@@ -181,11 +226,12 @@ impl Broker for MemoryBroker {
         let topic = self.inner.topic(&subscription.topic);
         let policy = Arc::new(Policy::new(subscription));
         let id = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
-        topic.lock().attach(&policy, id);
+        let group = topic.lock().attach(&policy, id);
         Ok(Box::new(MemoryConsumer::new(
             self.inner.clone(),
             topic,
             policy,
+            group,
             id,
         )))
     }
@@ -203,8 +249,12 @@ impl Broker for MemoryBroker {
             .cloned()
             .collect();
         for topic in topics {
-            topic.lock().closed = true;
-            topic.notify.notify_waiters();
+            let woken = {
+                let mut state = topic.lock();
+                state.closed = true;
+                state.changed()
+            };
+            wake(woken);
         }
         Ok(())
     }

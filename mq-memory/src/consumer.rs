@@ -1,5 +1,6 @@
 //! Receiving from the in-memory broker.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -7,30 +8,70 @@ use mq_core::{AckHandle, Consumer, Delivery, Error, Nack, Result};
 use tokio::time::Instant;
 
 use crate::broker::Inner;
-use crate::topic::{Policy, Take, Topic, Unsettleable};
+use crate::topic::{Policy, Take, Taken, Topic, Unsettleable, Woken, wake};
 
-/// A consumer of a [`MemoryBroker`](crate::MemoryBroker) subscription.
-///
-/// Dropping it without [`close`](Consumer::close) does the same as closing:
-/// its unsettled deliveries go back to the group at once.
+/// How many deliveries a consumer takes from the topic per lock, within its
+/// prefetch: fewer lock round trips, while competing consumers still share.
+const BATCH: usize = 16;
+
+/// What a consumer and its deliveries' ack handles share.
 #[derive(Debug)]
-pub struct MemoryConsumer {
+struct Ctx {
     inner: Arc<Inner>,
     topic: Arc<Topic>,
     policy: Arc<Policy>,
+    group: usize,
+    consumer: u64,
+}
+
+/// A consumer of a [`MemoryBroker`](crate::MemoryBroker) subscription.
+///
+/// It holds at most its prefetch of unsettled deliveries, some of them
+/// buffered locally until `recv` hands them out. Dropping it without
+/// [`close`](Consumer::close) does the same as closing: its unsettled
+/// deliveries go back to the group at once.
+#[derive(Debug)]
+pub struct MemoryConsumer {
+    ctx: Arc<Ctx>,
     id: u64,
+    buffer: VecDeque<Taken>,
     closed: bool,
 }
 
 impl MemoryConsumer {
-    pub(crate) fn new(inner: Arc<Inner>, topic: Arc<Topic>, policy: Arc<Policy>, id: u64) -> Self {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        topic: Arc<Topic>,
+        policy: Arc<Policy>,
+        group: usize,
+        id: u64,
+    ) -> Self {
         MemoryConsumer {
-            inner,
-            topic,
-            policy,
+            ctx: Arc::new(Ctx {
+                inner,
+                topic,
+                policy,
+                group,
+                consumer: id,
+            }),
             id,
+            buffer: VecDeque::new(),
             closed: false,
         }
+    }
+
+    fn delivery(&self, taken: Taken) -> Delivery {
+        let handle = MemoryAck {
+            ctx: self.ctx.clone(),
+            tag: taken.tag,
+        };
+        Delivery::shared(
+            taken.message,
+            taken.attempt,
+            self.ctx.policy.topic.clone(),
+            self.ctx.policy.group.clone(),
+            Box::new(handle),
+        )
     }
 
     fn detach(&mut self) {
@@ -38,68 +79,80 @@ impl MemoryConsumer {
             return;
         }
         self.closed = true;
+        // Buffered deliveries are in flight for this consumer: detaching
+        // gives them back with the rest.
+        self.buffer.clear();
+        let ctx = &self.ctx;
         let mut dead = Vec::new();
-        self.topic.lock().detach(&self.policy.group, self.id, &mut dead);
-        self.inner.dead_letter_all(dead);
-        self.topic.notify.notify_waiters();
+        let woken = {
+            let mut state = ctx.topic.lock();
+            state.detach(ctx.group, self.id, &mut dead);
+            state.changed()
+        };
+        wake(woken);
+        ctx.inner.dead_letter_all(dead);
     }
 }
 
 #[async_trait]
 impl Consumer for MemoryConsumer {
     async fn recv(&mut self) -> Result<Option<Delivery>> {
-        if self.closed {
+        if self.closed || self.ctx.inner.is_closed() {
             return Ok(None);
         }
-        loop {
-            // Register for wake-ups before looking, so a send between the
-            // look and the wait is not missed.
-            let notified = self.topic.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let mut dead = Vec::new();
-            let (take, freed_room) = {
-                let mut state = self.topic.lock();
-                let was_full = state.is_full();
-                let take = state.take(&self.policy, self.id, Instant::now(), &mut dead);
-                let freed = was_full && matches!(take, Take::Got { .. });
-                (take, freed)
-            };
-            if !dead.is_empty() {
-                self.inner.dead_letter_all(dead);
+        // Cooperative scheduling, as in `send`: a consumer with a full buffer
+        // never waits, so it must yield now and then.
+        tokio::task::consume_budget().await;
+        if !self.buffer.is_empty() {
+            let now = Instant::now();
+            while let Some(taken) = self.buffer.pop_front() {
+                // One whose lease ran out was already taken back by the broker.
+                if taken.deadline > now {
+                    return Ok(Some(self.delivery(taken)));
+                }
             }
-            if freed_room {
-                self.topic.notify.notify_waiters();
+        }
+        let ctx = self.ctx.clone();
+        let topic = &ctx.topic;
+        loop {
+            let mut dead = Vec::new();
+            let (take, woken, seen) = {
+                let mut state = topic.lock();
+                let was_full = state.is_full();
+                let take = state.take(
+                    ctx.group,
+                    self.id,
+                    Instant::now(),
+                    BATCH,
+                    &mut self.buffer,
+                    &mut dead,
+                );
+                // Taking from a full topic makes room for waiting producers.
+                let woken = if was_full && matches!(take, Take::Got) {
+                    state.changed()
+                } else {
+                    Woken::None
+                };
+                (take, woken, state.version())
+            };
+            wake(woken);
+            if !dead.is_empty() {
+                ctx.inner.dead_letter_all(dead);
             }
             match take {
                 Take::Closed => return Ok(None),
-                Take::Got {
-                    message,
-                    attempt,
-                    tag,
-                } => {
-                    let handle = MemoryAck {
-                        inner: self.inner.clone(),
-                        topic: self.topic.clone(),
-                        policy: self.policy.clone(),
-                        tag,
-                        id: message.id.clone(),
-                    };
-                    return Ok(Some(Delivery::new(
-                        message,
-                        attempt,
-                        self.policy.topic.clone(),
-                        self.policy.group.clone(),
-                        Box::new(handle),
-                    )));
+                Take::Got => {
+                    if let Some(taken) = self.buffer.pop_front() {
+                        return Ok(Some(self.delivery(taken)));
+                    }
                 }
                 Take::Wait(Some(at)) => {
                     tokio::select! {
-                        () = &mut notified => {}
+                        () = topic.changed_since(seen) => {}
                         () = tokio::time::sleep_until(at) => {}
                     }
                 }
-                Take::Wait(None) => notified.await,
+                Take::Wait(None) => topic.changed_since(seen).await,
             }
         }
     }
@@ -119,22 +172,20 @@ impl Drop for MemoryConsumer {
 /// Settles one delivery on the topic's state.
 #[derive(Debug)]
 struct MemoryAck {
-    inner: Arc<Inner>,
-    topic: Arc<Topic>,
-    policy: Arc<Policy>,
+    ctx: Arc<Ctx>,
     tag: u64,
-    id: String,
 }
 
 impl MemoryAck {
-    fn error(&self, why: Unsettleable) -> Error {
+    fn error(&self, why: Unsettleable, delivery: &Delivery) -> Error {
         match why {
-            Unsettleable::Closed => self.inner.closed_error(),
+            Unsettleable::Closed => self.ctx.inner.closed_error(),
             Unsettleable::Expired => Error::DeliveryExpired {
-                id: self.id.clone(),
+                id: delivery.message().id.clone(),
                 reason: format!(
                     "its consumer in group `{}` of topic `{}` closed or its ack timeout passed",
-                    self.policy.group, self.policy.topic
+                    delivery.group(),
+                    delivery.topic()
                 ),
             },
         }
@@ -143,33 +194,47 @@ impl MemoryAck {
 
 #[async_trait]
 impl AckHandle for MemoryAck {
-    async fn ack(&self) -> Result<()> {
-        let result = self.topic.lock().ack(&self.policy.group, self.tag);
+    async fn ack(&self, delivery: &Delivery) -> Result<()> {
+        let topic = &self.ctx.topic;
+        let result = {
+            let mut state = topic.lock();
+            state
+                .ack(self.ctx.group, self.ctx.consumer, self.tag)
+                // Only a consumer at its prefetch limit waits for an ack.
+                .map(|freed_full_slot| {
+                    if freed_full_slot {
+                        state.changed()
+                    } else {
+                        Woken::None
+                    }
+                })
+        };
         match result {
-            Ok(wake) => {
-                if wake {
-                    self.topic.notify.notify_waiters();
-                }
+            Ok(woken) => {
+                wake(woken);
                 Ok(())
             }
-            Err(why) => Err(self.error(why)),
+            Err(why) => Err(self.error(why, delivery)),
         }
     }
 
-    async fn nack(&self, nack: Nack) -> Result<()> {
-        let result = self
-            .topic
-            .lock()
-            .nack(&self.policy.group, self.tag, nack, Instant::now());
+    async fn nack(&self, delivery: &Delivery, nack: Nack) -> Result<()> {
+        let topic = &self.ctx.topic;
+        let result = {
+            let mut state = topic.lock();
+            state
+                .nack(self.ctx.group, self.ctx.consumer, self.tag, nack, Instant::now())
+                .map(|dead| (dead, state.changed()))
+        };
         match result {
-            Ok(dead) => {
+            Ok((dead, woken)) => {
+                wake(woken);
                 if let Some(dead) = dead {
-                    self.inner.dead_letter_all(vec![dead]);
+                    self.ctx.inner.dead_letter_all(vec![dead]);
                 }
-                self.topic.notify.notify_waiters();
                 Ok(())
             }
-            Err(why) => Err(self.error(why)),
+            Err(why) => Err(self.error(why, delivery)),
         }
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
 
 use crate::broker::Inner;
-use crate::topic::Topic;
+use crate::topic::{Topic, Woken, wake};
 
 /// A producer of a [`MemoryBroker`](crate::MemoryBroker).
 ///
@@ -49,18 +49,12 @@ impl MemoryProducer {
     pub fn try_send(&self, topic: &str, message: Message) -> Result<Receipt> {
         self.check(topic, &message)?;
         let topic = self.inner.topic(topic);
-        let id = message.id.clone();
-        let result = topic.lock().try_append(message);
-        match result {
-            Ok(offset) => {
-                topic.notify.notify_waiters();
-                Ok(receipt(&topic, id, offset))
-            }
-            Err(message) => Err(Error::Full {
+        append_now(&topic, message).unwrap_or_else(|message| {
+            Err(Error::Full {
                 topic: topic.name.to_string(),
                 message: Box::new(message),
-            }),
-        }
+            })
+        })
     }
 
     fn check(&self, topic: &str, message: &Message) -> Result<()> {
@@ -95,10 +89,8 @@ impl MemoryProducer {
         let mut receipts = Vec::with_capacity(messages.len());
         let mut pending = VecDeque::from(messages);
         while !pending.is_empty() {
-            let notified = topic.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
+            let appended_before = receipts.len();
+            let (woken, seen) = {
                 let mut state = topic.lock();
                 if state.closed {
                     return Err(self.inner.closed_error());
@@ -114,10 +106,16 @@ impl MemoryProducer {
                         }
                     }
                 }
-            }
-            topic.notify.notify_waiters();
+                let woken = if receipts.len() > appended_before {
+                    state.changed()
+                } else {
+                    Woken::None
+                };
+                (woken, state.version())
+            };
+            wake(woken);
             if !pending.is_empty() {
-                notified.await;
+                topic.changed_since(seen).await;
             }
         }
         Ok(receipts)
@@ -136,9 +134,25 @@ impl MemoryProducer {
     }
 }
 
+/// Appends if there is room, without waiting: `Ok(result)` when done
+/// (appended, or the topic is closed), `Err(message)` when full.
+fn append_now(topic: &Topic, message: Message) -> std::result::Result<Result<Receipt>, Message> {
+    let id = message.id.clone();
+    let (offset, woken) = {
+        let mut state = topic.lock();
+        if state.closed {
+            return Ok(Err(Error::closed("memory broker")));
+        }
+        let offset = state.try_append(message)?;
+        (offset, state.changed())
+    };
+    wake(woken);
+    Ok(Ok(receipt(topic, id, offset)))
+}
+
 fn receipt(topic: &Topic, id: String, offset: u64) -> Receipt {
     Receipt::new(
-        topic.name.as_ref(),
+        topic.name.clone(),
         id,
         Position::Offset {
             partition: None,
@@ -150,6 +164,16 @@ fn receipt(topic: &Topic, id: String, offset: u64) -> Receipt {
 #[async_trait]
 impl Producer for MemoryProducer {
     async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        // Take part in tokio's cooperative scheduling like its own channels:
+        // a send that never waits would otherwise never yield, and a task it
+        // woke (a consumer in this worker's LIFO slot) could not run.
+        tokio::task::consume_budget().await;
+        self.check(topic, &message)?;
+        // Fast path: room in an existing topic. Otherwise wait like a batch.
+        let message = match self.inner.with_topic(topic, message, append_now) {
+            Ok(Ok(result)) => return result,
+            Ok(Err(message)) | Err(message) => message,
+        };
         let mut receipts = self.append_all_timed(topic, vec![message]).await?;
         receipts
             .pop()

@@ -3,24 +3,24 @@
 //! topic's lock; the async parts (waiting) live in the producer and consumer.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use mq_core::{Message, Nack, StartPosition, Subscription, attempts_exhausted_reason, dead_letter_message};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A message bound for a dead-letter topic: `(topic, message)`.
 pub(crate) type DeadLetter = (String, Message);
 
-/// A topic: its state behind a lock, and one `Notify` that wakes every task
-/// waiting on it (consumers for messages or a prefetch slot, producers for room).
+/// A topic: its state behind a lock. Tasks that must wait (consumers for
+/// messages or a prefetch slot, producers for room) wait for the state's
+/// version to change; see [`Topic::changed_since`].
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
     state: Mutex<TopicState>,
-    pub(crate) notify: Notify,
 }
 
 impl Topic {
@@ -31,10 +31,11 @@ impl Topic {
                 log: VecDeque::new(),
                 base: 0,
                 capacity: capacity.max(1),
-                groups: HashMap::new(),
+                groups: Vec::new(),
                 closed: false,
+                version: 0,
+                sleepers: Vec::new(),
             }),
-            notify: Notify::new(),
         }
     }
 
@@ -43,6 +44,46 @@ impl Topic {
     /// few field writes), so a poisoned lock is used as it is.
     pub(crate) fn lock(&self) -> MutexGuard<'_, TopicState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the state changed after version `seen` (read under the
+    /// same lock as the look that found nothing to do, so no change is
+    /// missed). Cancel safe.
+    pub(crate) async fn changed_since(&self, seen: u64) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.version != seen {
+                return Poll::Ready(());
+            }
+            if !state.sleepers.iter().any(|w| w.will_wake(cx.waker())) {
+                state.sleepers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// Tasks to wake, taken from [`TopicState::changed`]; wake them with
+/// [`wake`] once the lock is released. One sleeper (the usual case) is moved
+/// out without giving up the list's allocation.
+#[derive(Debug, Default)]
+pub(crate) enum Woken {
+    /// Nobody was waiting.
+    #[default]
+    None,
+    /// One task.
+    One(Waker),
+    /// Several tasks.
+    Many(Vec<Waker>),
+}
+
+/// Wakes what [`TopicState::changed`] returned.
+pub(crate) fn wake(woken: Woken) {
+    match woken {
+        Woken::None => {}
+        Woken::One(waker) => waker.wake(),
+        Woken::Many(wakers) => wakers.into_iter().for_each(Waker::wake),
     }
 }
 
@@ -71,7 +112,7 @@ impl Policy {
 
     /// Where a failed delivery on its `attempt`-th try goes: back to the group
     /// as `attempt + 1`, or (attempts used up) to the dead-letter topic.
-    fn requeue_or_dead_letter(&self, message: Message, attempt: u32) -> Result<Redelivery, DeadLetter> {
+    fn requeue_or_dead_letter(&self, message: Arc<Message>, attempt: u32) -> Result<Redelivery, DeadLetter> {
         match self.subscription.max_attempts {
             Some(max) if self.subscription.attempts_exhausted(attempt) => {
                 Err(self.dead_letter(&message, attempt, &attempts_exhausted_reason(max)))
@@ -95,17 +136,22 @@ impl Policy {
 #[derive(Debug)]
 pub(crate) struct TopicState {
     /// Retained messages; `log[0]` has offset `base`.
-    log: VecDeque<Message>,
+    log: VecDeque<Arc<Message>>,
     base: u64,
     capacity: usize,
-    groups: HashMap<Arc<str>, Group>,
+    /// Groups never go away, so a group's index is stable.
+    groups: Vec<Group>,
     pub(crate) closed: bool,
+    /// Bumped by every change a waiting task may be waiting for.
+    version: u64,
+    /// Tasks waiting for the version to change.
+    sleepers: Vec<Waker>,
 }
 
 /// A message going back to its group, with the attempt it will be delivered as.
 #[derive(Debug)]
 struct Redelivery {
-    message: Message,
+    message: Arc<Message>,
     attempt: u32,
 }
 
@@ -134,40 +180,83 @@ impl Ord for Delayed {
     }
 }
 
+/// An unsettled delivery.
 #[derive(Debug)]
-struct Inflight {
-    message: Message,
+struct Lease {
+    message: Arc<Message>,
     attempt: u32,
-    consumer: u64,
     deadline: Instant,
+}
+
+/// One open consumer of a group and the deliveries it holds.
+///
+/// Leases are kept in delivery order, indexed by tag: `leases[i]` has tag
+/// `base_tag + i`, and a settled one leaves `None` until the ones before it
+/// are settled too. One consumer has one ack timeout, so deadlines only grow
+/// along the ring and expiry looks at its front only.
+#[derive(Debug)]
+struct Slot {
+    consumer: u64,
     policy: Arc<Policy>,
+    base_tag: u64,
+    leases: VecDeque<Option<Lease>>,
+    held: usize,
+}
+
+impl Slot {
+    fn remove(&mut self, tag: u64) -> Option<Lease> {
+        let index = usize::try_from(tag.checked_sub(self.base_tag)?).ok()?;
+        let lease = self.leases.get_mut(index)?.take()?;
+        self.held -= 1;
+        while matches!(self.leases.front(), Some(None)) {
+            self.leases.pop_front();
+            self.base_tag += 1;
+        }
+        Some(lease)
+    }
+
+    /// The oldest lease if its deadline passed.
+    fn pop_expired(&mut self, now: Instant) -> Option<Lease> {
+        let deadline = self.leases.front()?.as_ref()?.deadline;
+        if deadline > now {
+            return None;
+        }
+        self.remove(self.base_tag)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.leases.front()?.as_ref().map(|l| l.deadline)
+    }
 }
 
 #[derive(Debug)]
 struct Group {
+    name: Arc<str>,
     /// Next log offset this group has not yet taken.
     cursor: u64,
     /// Requeued and reclaimed messages, delivered before the log.
     ready: VecDeque<Redelivery>,
     delayed: BinaryHeap<Delayed>,
-    inflight: BTreeMap<u64, Inflight>,
-    /// `(deadline, tag)` of every in-flight delivery, earliest first.
-    deadlines: BTreeSet<(Instant, u64)>,
-    /// Open consumers and how many unsettled deliveries each holds.
-    consumers: HashMap<u64, usize>,
-    next_tag: u64,
+    /// Open consumers (a few per group: a scan beats hashing).
+    slots: Vec<Slot>,
     next_seq: u64,
+}
+
+/// A delivery handed to a consumer.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) message: Arc<Message>,
+    pub(crate) attempt: u32,
+    pub(crate) tag: u64,
+    /// When the broker takes it back if unsettled.
+    pub(crate) deadline: Instant,
 }
 
 /// What a consumer gets from [`TopicState::take`].
 #[derive(Debug)]
 pub(crate) enum Take {
-    /// A delivery.
-    Got {
-        message: Message,
-        attempt: u32,
-        tag: u64,
-    },
+    /// One or more deliveries were added to the consumer's buffer.
+    Got,
     /// Nothing now; wait for a notification or until this instant.
     Wait(Option<Instant>),
     /// The topic is closed or the consumer was released: end of stream.
@@ -200,13 +289,29 @@ pub struct GroupStats {
 }
 
 impl TopicState {
+    /// The version a waiter compares against (see [`Topic::changed_since`]).
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Records a change: bumps the version and hands back the tasks to wake
+    /// (wake them with [`wake`] once the lock is released).
+    pub(crate) fn changed(&mut self) -> Woken {
+        self.version = self.version.wrapping_add(1);
+        match self.sleepers.len() {
+            0 => Woken::None,
+            1 => self.sleepers.pop().map_or(Woken::None, Woken::One),
+            _ => Woken::Many(std::mem::take(&mut self.sleepers)),
+        }
+    }
+
     fn next_offset(&self) -> u64 {
         self.base + self.log.len() as u64
     }
 
     /// Drops the oldest retained message if every group has taken it.
     fn trim_one(&mut self) -> bool {
-        let min_cursor = self.groups.values().map(|g| g.cursor).min();
+        let min_cursor = self.groups.iter().map(|g| g.cursor).min();
         if self.log.is_empty() || min_cursor.is_some_and(|c| c <= self.base) {
             return false;
         }
@@ -227,7 +332,7 @@ impl TopicState {
             return Err(message);
         }
         let offset = self.next_offset();
-        self.log.push_back(message);
+        self.log.push_back(Arc::new(message));
         Ok(offset)
     }
 
@@ -237,105 +342,125 @@ impl TopicState {
         if self.log.len() >= self.capacity {
             self.trim_one();
         }
-        self.log.push_back(message);
+        self.log.push_back(Arc::new(message));
     }
 
     /// Registers consumer `consumer` in `policy.group`, creating the group at
-    /// the start position when it does not exist.
-    pub(crate) fn attach(&mut self, policy: &Policy, consumer: u64) {
-        let cursor = match policy.subscription.start {
-            StartPosition::Earliest => self.base,
-            _ => self.next_offset(),
+    /// the start position when it does not exist. Returns the group's index.
+    pub(crate) fn attach(&mut self, policy: &Arc<Policy>, consumer: u64) -> usize {
+        let index = match self.groups.iter().position(|g| g.name == policy.group) {
+            Some(index) => index,
+            None => {
+                let cursor = match policy.subscription.start {
+                    StartPosition::Earliest => self.base,
+                    _ => self.next_offset(),
+                };
+                self.groups.push(Group {
+                    name: policy.group.clone(),
+                    cursor,
+                    ready: VecDeque::new(),
+                    delayed: BinaryHeap::new(),
+                    slots: Vec::new(),
+                    next_seq: 0,
+                });
+                self.groups.len() - 1
+            }
         };
-        let group = self.groups.entry(policy.group.clone()).or_insert_with(|| Group {
-            cursor,
-            ready: VecDeque::new(),
-            delayed: BinaryHeap::new(),
-            inflight: BTreeMap::new(),
-            deadlines: BTreeSet::new(),
-            consumers: HashMap::new(),
-            next_tag: 0,
-            next_seq: 0,
+        self.groups[index].slots.push(Slot {
+            consumer,
+            policy: policy.clone(),
+            base_tag: 0,
+            leases: VecDeque::new(),
+            held: 0,
         });
-        group.consumers.insert(consumer, 0);
+        index
     }
 
-    /// The next delivery for `consumer`, or how long to wait for one.
-    /// Dead letters produced on the way (expired deliveries out of attempts)
-    /// are pushed to `dead`.
+    /// Hands `consumer` of group `group` up to `max` deliveries (fewer when
+    /// its prefetch allows fewer), appending them to `out`; or says how long
+    /// to wait. Dead letters produced on the way (expired deliveries out of
+    /// attempts) are pushed to `dead`.
     pub(crate) fn take(
         &mut self,
-        policy: &Arc<Policy>,
+        group: usize,
         consumer: u64,
         now: Instant,
+        max: usize,
+        out: &mut VecDeque<Taken>,
         dead: &mut Vec<DeadLetter>,
     ) -> Take {
         if self.closed {
             return Take::Closed;
         }
-        let Some(group) = self.groups.get_mut(&policy.group) else {
+        let Some(g) = self.groups.get_mut(group) else {
             return Take::Closed;
         };
-        let Some(&held) = group.consumers.get(&consumer) else {
+        g.expire(now, dead);
+        g.promote_delayed(now);
+        let next_wake = g.next_wake();
+        let Some(slot) = g.slots.iter_mut().find(|s| s.consumer == consumer) else {
             return Take::Closed;
         };
-        group.expire(now, dead);
-        group.promote_delayed(now);
-        if held >= policy.prefetch {
-            return Take::Wait(group.next_wake());
-        }
-        let (message, attempt) = if let Some(r) = group.ready.pop_front() {
-            (r.message, r.attempt)
-        } else if group.cursor < self.base + self.log.len() as u64 {
-            let index = usize::try_from(group.cursor - self.base).unwrap_or(usize::MAX);
-            let Some(message) = self.log.get(index).cloned() else {
-                return Take::Wait(group.next_wake());
+        let room = slot.policy.prefetch.saturating_sub(slot.held).min(max);
+        let deadline = now
+            .checked_add(slot.policy.ack_timeout)
+            .unwrap_or_else(far_future);
+        let mut taken = 0;
+        while taken < room {
+            let (message, attempt) = if let Some(r) = g.ready.pop_front() {
+                (r.message, r.attempt)
+            } else if g.cursor < self.base + self.log.len() as u64 {
+                let index = usize::try_from(g.cursor - self.base).unwrap_or(usize::MAX);
+                let Some(message) = self.log.get(index).cloned() else {
+                    break;
+                };
+                g.cursor += 1;
+                (message, 1)
+            } else {
+                break;
             };
-            group.cursor += 1;
-            (message, 1)
-        } else {
-            return Take::Wait(group.next_wake());
-        };
-        let tag = group.next_tag;
-        group.next_tag += 1;
-        let deadline = now.checked_add(policy.ack_timeout).unwrap_or_else(far_future);
-        group.deadlines.insert((deadline, tag));
-        group.inflight.insert(
-            tag,
-            Inflight {
+            let tag = slot.base_tag + slot.leases.len() as u64;
+            slot.leases.push_back(Some(Lease {
                 message: message.clone(),
                 attempt,
-                consumer,
                 deadline,
-                policy: policy.clone(),
-            },
-        );
-        if let Some(count) = group.consumers.get_mut(&consumer) {
-            *count += 1;
+            }));
+            slot.held += 1;
+            out.push_back(Taken {
+                message,
+                attempt,
+                tag,
+                deadline,
+            });
+            taken += 1;
         }
-        Take::Got {
-            message,
-            attempt,
-            tag,
+        if taken == 0 {
+            // Also wake for this consumer's own leases running out.
+            let own = slot.next_deadline();
+            return Take::Wait(min_instant(next_wake, own));
         }
+        Take::Got
     }
 
-    /// Settles delivery `tag` of `group` positively. Returns whether waiters
-    /// should be woken (a consumer at its prefetch limit got a slot back).
-    pub(crate) fn ack(&mut self, group: &str, tag: u64) -> Result<bool, Unsettleable> {
+    /// Settles delivery `tag` of `consumer` positively. Returns whether
+    /// waiters should be woken (a consumer at its prefetch limit got a slot
+    /// back).
+    pub(crate) fn ack(&mut self, group: usize, consumer: u64, tag: u64) -> Result<bool, Unsettleable> {
         if self.closed {
             return Err(Unsettleable::Closed);
         }
-        let group = self.groups.get_mut(group).ok_or(Unsettleable::Expired)?;
-        let inflight = group.remove_inflight(tag).ok_or(Unsettleable::Expired)?;
-        Ok(group.release_slot(&inflight))
+        let slot = self.slot(group, consumer).ok_or(Unsettleable::Expired)?;
+        let was_full = slot.held >= slot.policy.prefetch;
+        slot.remove(tag).ok_or(Unsettleable::Expired)?;
+        Ok(was_full)
     }
 
-    /// Requeues or dead-letters delivery `tag`. A dead letter to publish is
-    /// returned.
+    /// Requeues or dead-letters delivery `tag` of `consumer`. A dead letter
+    /// to publish is returned.
     pub(crate) fn nack(
         &mut self,
-        group: &str,
+        group: usize,
+        consumer: u64,
         tag: u64,
         nack: Nack,
         now: Instant,
@@ -343,81 +468,74 @@ impl TopicState {
         if self.closed {
             return Err(Unsettleable::Closed);
         }
-        let group = self.groups.get_mut(group).ok_or(Unsettleable::Expired)?;
-        let inflight = group.remove_inflight(tag).ok_or(Unsettleable::Expired)?;
-        group.release_slot(&inflight);
-        let Inflight {
-            message,
-            attempt,
-            policy,
-            ..
-        } = inflight;
-        match nack {
-            Nack::DeadLetter { reason } => Ok(Some(policy.dead_letter(&message, attempt, &reason))),
-            Nack::Requeue { delay } => match policy.requeue_or_dead_letter(message, attempt) {
-                Err(dead) => Ok(Some(dead)),
-                Ok(redelivery) if delay.is_zero() => {
-                    group.ready.push_back(redelivery);
-                    Ok(None)
+        let slot = self.slot(group, consumer).ok_or(Unsettleable::Expired)?;
+        let lease = slot.remove(tag).ok_or(Unsettleable::Expired)?;
+        let policy = slot.policy.clone();
+        let g = &mut self.groups[group];
+        let Lease { message, attempt, .. } = lease;
+        let redelivery = match nack {
+            Nack::DeadLetter { reason } => return Ok(Some(policy.dead_letter(&message, attempt, &reason))),
+            Nack::Requeue { delay } if !delay.is_zero() => {
+                match policy.requeue_or_dead_letter(message, attempt) {
+                    Err(dead) => return Ok(Some(dead)),
+                    Ok(redelivery) => {
+                        let seq = g.next_seq;
+                        g.next_seq += 1;
+                        g.delayed.push(Delayed {
+                            due: now.checked_add(delay).unwrap_or_else(far_future),
+                            seq,
+                            redelivery,
+                        });
+                        return Ok(None);
+                    }
                 }
-                Ok(redelivery) => {
-                    let seq = group.next_seq;
-                    group.next_seq += 1;
-                    group.delayed.push(Delayed {
-                        due: now.checked_add(delay).unwrap_or_else(far_future),
-                        seq,
-                        redelivery,
-                    });
-                    Ok(None)
-                }
-            },
-            // `Nack` is non-exhaustive upstream: treat anything new as a plain requeue.
-            _ => match policy.requeue_or_dead_letter(message, attempt) {
-                Err(dead) => Ok(Some(dead)),
-                Ok(redelivery) => {
-                    group.ready.push_back(redelivery);
-                    Ok(None)
-                }
-            },
+            }
+            // A plain requeue (and anything `Nack` may grow upstream).
+            _ => policy.requeue_or_dead_letter(message, attempt),
+        };
+        match redelivery {
+            Ok(redelivery) => {
+                g.ready.push_back(redelivery);
+                Ok(None)
+            }
+            Err(dead) => Ok(Some(dead)),
         }
     }
 
     /// Removes `consumer` from `group`, giving its unsettled deliveries back
     /// at the front of the group's queue, in the order they were delivered.
-    pub(crate) fn detach(&mut self, group: &str, consumer: u64, dead: &mut Vec<DeadLetter>) {
-        let Some(group) = self.groups.get_mut(group) else {
+    pub(crate) fn detach(&mut self, group: usize, consumer: u64, dead: &mut Vec<DeadLetter>) {
+        let Some(g) = self.groups.get_mut(group) else {
             return;
         };
-        if group.consumers.remove(&consumer).is_none() {
+        let Some(index) = g.slots.iter().position(|s| s.consumer == consumer) else {
             return;
-        }
-        let tags: Vec<u64> = group
-            .inflight
-            .iter()
-            .filter(|(_, i)| i.consumer == consumer)
-            .map(|(tag, _)| *tag)
-            .collect();
-        for tag in tags.into_iter().rev() {
-            if let Some(inflight) = group.remove_inflight(tag) {
-                match inflight
-                    .policy
-                    .requeue_or_dead_letter(inflight.message, inflight.attempt)
-                {
-                    Ok(redelivery) => group.ready.push_front(redelivery),
-                    Err(d) => dead.push(d),
-                }
+        };
+        let slot = g.slots.swap_remove(index);
+        for lease in slot.leases.into_iter().rev().flatten() {
+            match slot.policy.requeue_or_dead_letter(lease.message, lease.attempt) {
+                Ok(redelivery) => g.ready.push_front(redelivery),
+                Err(d) => dead.push(d),
             }
         }
     }
 
+    fn slot(&mut self, group: usize, consumer: u64) -> Option<&mut Slot> {
+        self.groups
+            .get_mut(group)?
+            .slots
+            .iter_mut()
+            .find(|s| s.consumer == consumer)
+    }
+
     pub(crate) fn stats(&self, group: &str) -> Option<GroupStats> {
-        let g = self.groups.get(group)?;
+        let g = self.groups.iter().find(|g| &*g.name == group)?;
         Some(GroupStats {
             backlog: self.next_offset().saturating_sub(g.cursor),
             ready: g.ready.len(),
             delayed: g.delayed.len(),
-            in_flight: g.inflight.len(),
-            consumers: g.consumers.len(),
+            in_flight: g.slots.iter().map(|s| s.held).sum(),
+            consumers: g.slots.len(),
         })
     }
 
@@ -428,41 +546,15 @@ impl TopicState {
 }
 
 impl Group {
-    fn remove_inflight(&mut self, tag: u64) -> Option<Inflight> {
-        let inflight = self.inflight.remove(&tag)?;
-        self.deadlines.remove(&(inflight.deadline, tag));
-        Some(inflight)
-    }
-
-    /// Frees the consumer's prefetch slot; true if it was full.
-    fn release_slot(&mut self, inflight: &Inflight) -> bool {
-        match self.consumers.get_mut(&inflight.consumer) {
-            Some(count) => {
-                let was_full = *count >= inflight.policy.prefetch;
-                *count = count.saturating_sub(1);
-                was_full
-            }
-            None => false,
-        }
-    }
-
-    /// Takes back deliveries whose ack timeout passed.
+    /// Takes back deliveries whose ack timeout passed, from every consumer.
     fn expire(&mut self, now: Instant, dead: &mut Vec<DeadLetter>) {
-        while let Some(&(deadline, tag)) = self.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            let Some(inflight) = self.remove_inflight(tag) else {
-                continue;
-            };
-            self.release_slot(&inflight);
-            tracing::debug!(group = %inflight.policy.group, id = %inflight.message.id, "ack timeout passed; redelivering");
-            match inflight
-                .policy
-                .requeue_or_dead_letter(inflight.message, inflight.attempt)
-            {
-                Ok(redelivery) => self.ready.push_back(redelivery),
-                Err(d) => dead.push(d),
+        for slot in &mut self.slots {
+            while let Some(lease) = slot.pop_expired(now) {
+                tracing::debug!(group = %slot.policy.group, id = %lease.message.id, "ack timeout passed; redelivering");
+                match slot.policy.requeue_or_dead_letter(lease.message, lease.attempt) {
+                    Ok(redelivery) => self.ready.push_back(redelivery),
+                    Err(d) => dead.push(d),
+                }
             }
         }
     }
@@ -477,12 +569,15 @@ impl Group {
 
     /// When something will next become deliverable by the clock alone.
     fn next_wake(&self) -> Option<Instant> {
-        let ack = self.deadlines.first().map(|(d, _)| *d);
-        let delayed = self.delayed.peek().map(|d| d.due);
-        match (ack, delayed) {
-            (Some(a), Some(d)) => Some(a.min(d)),
-            (a, d) => a.or(d),
-        }
+        let leases = self.slots.iter().filter_map(Slot::next_deadline).min();
+        min_instant(leases, self.delayed.peek().map(|d| d.due))
+    }
+}
+
+fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -499,14 +594,18 @@ mod tests {
         Arc::new(Policy::new(sub))
     }
 
-    fn got(take: Take) -> (Message, u32, u64) {
-        match take {
-            Take::Got {
-                message,
-                attempt,
-                tag,
-            } => (message, attempt, tag),
-            other => panic!("expected a delivery, got {other:?}"),
+    /// Takes one delivery for consumer `c` of group 0.
+    fn take_one(
+        st: &mut TopicState,
+        _policy: &Arc<Policy>,
+        c: u64,
+        now: Instant,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Option<Taken> {
+        let mut out = VecDeque::new();
+        match st.take(0, c, now, 1, &mut out, dead) {
+            Take::Got => out.pop_front(),
+            _ => None,
         }
     }
 
@@ -515,14 +614,13 @@ mod tests {
         let topic = Topic::new("t", 2);
         let mut st = topic.lock();
         let p = policy(Subscription::new("t", "g"));
-        st.attach(&p, 1);
+        assert_eq!(st.attach(&p, 1), 0);
         st.try_append(Message::new("a")).unwrap();
         st.try_append(Message::new("b")).unwrap();
         let back = st.try_append(Message::new("c")).unwrap_err();
         assert_eq!(back.payload, "c");
         let mut dead = Vec::new();
-        let now = Instant::now();
-        got(st.take(&p, 1, now, &mut dead));
+        take_one(&mut st, &p, 1, Instant::now(), &mut dead).unwrap();
         assert!(
             st.try_append(Message::new("c")).is_ok(),
             "a was taken, so it can be trimmed"
@@ -553,37 +651,78 @@ mod tests {
         st.try_append(Message::new("m")).unwrap();
         let now = Instant::now();
         let mut dead = Vec::new();
-        let (_, attempt, tag) = got(st.take(&p, 1, now, &mut dead));
-        assert_eq!(attempt, 1);
+        let first = take_one(&mut st, &p, 1, now, &mut dead).unwrap();
+        assert_eq!(first.attempt, 1);
         let later = now + Duration::from_secs(2);
-        let (_, attempt, _) = got(st.take(&p, 1, later, &mut dead));
-        assert_eq!(attempt, 2);
+        let second = take_one(&mut st, &p, 1, later, &mut dead).unwrap();
+        assert_eq!(second.attempt, 2);
         assert_eq!(
-            st.ack("g", tag),
+            st.ack(0, 1, first.tag),
             Err(Unsettleable::Expired),
             "the first lease is gone"
         );
         let much_later = later + Duration::from_secs(2);
-        assert!(matches!(st.take(&p, 1, much_later, &mut dead), Take::Wait(None)));
+        let mut out = VecDeque::new();
+        assert!(matches!(
+            st.take(0, 1, much_later, 1, &mut out, &mut dead),
+            Take::Wait(None)
+        ));
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].0, "t.dlq");
         assert_eq!(dead[0].1.header(mq_core::headers::ATTEMPTS), Some("2"));
     }
 
     #[test]
-    fn prefetch_blocks_until_ack() {
+    fn prefetch_blocks_until_ack_and_bounds_batches() {
         let topic = Topic::new("t", 10);
         let mut st = topic.lock();
-        let p = policy(Subscription::new("t", "g").prefetch(1));
+        let p = policy(Subscription::new("t", "g").prefetch(3));
         st.attach(&p, 7);
-        st.try_append(Message::new("a")).unwrap();
-        st.try_append(Message::new("b")).unwrap();
+        for i in 0..5 {
+            st.try_append(Message::new(format!("{i}"))).unwrap();
+        }
         let now = Instant::now();
         let mut dead = Vec::new();
-        let (_, _, tag) = got(st.take(&p, 7, now, &mut dead));
-        assert!(matches!(st.take(&p, 7, now, &mut dead), Take::Wait(Some(_))));
-        assert_eq!(st.ack("g", tag), Ok(true), "a full consumer got a slot back");
-        let (m, _, _) = got(st.take(&p, 7, now, &mut dead));
-        assert_eq!(m.payload, "b");
+        let mut out = VecDeque::new();
+        assert!(matches!(st.take(0, 7, now, 16, &mut out, &mut dead), Take::Got));
+        assert_eq!(out.len(), 3, "a batch never exceeds the prefetch");
+        assert!(matches!(
+            st.take(0, 7, now, 16, &mut out, &mut dead),
+            Take::Wait(Some(_))
+        ));
+        assert_eq!(
+            st.ack(0, 7, out[0].tag),
+            Ok(true),
+            "a full consumer got a slot back"
+        );
+        let next = take_one(&mut st, &p, 7, now, &mut dead).unwrap();
+        assert_eq!(next.message.payload, "3");
+    }
+
+    #[test]
+    fn detach_returns_deliveries_in_order_at_the_front() {
+        let topic = Topic::new("t", 10);
+        let mut st = topic.lock();
+        let p = policy(Subscription::new("t", "g"));
+        st.attach(&p, 1);
+        for i in 0..4 {
+            st.try_append(Message::new(format!("{i}"))).unwrap();
+        }
+        let mut dead = Vec::new();
+        let mut out = VecDeque::new();
+        st.take(0, 1, Instant::now(), 2, &mut out, &mut dead);
+        st.detach(0, 1, &mut dead);
+        st.attach(&p, 2);
+        let mut again = VecDeque::new();
+        st.take(0, 2, Instant::now(), 4, &mut again, &mut dead);
+        let got: Vec<(String, u32)> = again
+            .iter()
+            .map(|t| (String::from_utf8(t.message.payload.to_vec()).unwrap(), t.attempt))
+            .collect();
+        assert_eq!(
+            got,
+            [("0".into(), 2), ("1".into(), 2), ("2".into(), 1), ("3".into(), 1)]
+        );
+        assert!(dead.is_empty());
     }
 }

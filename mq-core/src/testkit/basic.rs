@@ -21,7 +21,7 @@ async fn round_trip(broker: &Arc<dyn Broker>, what: &str, message: Message) {
     let mut consumer = subscribe(broker, Subscription::new(&topic, "g")).await;
     let producer = producer(broker).await;
     let receipt = send(producer.as_ref(), &topic, message.clone()).await;
-    assert_eq!(receipt.topic, topic, "receipt names the topic");
+    assert_eq!(&*receipt.topic, topic, "receipt names the topic");
     assert_eq!(receipt.id, message.id, "receipt names the message id");
 
     let delivery = expect_delivery(consumer.as_mut(), what).await;

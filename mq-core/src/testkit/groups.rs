@@ -68,7 +68,7 @@ pub async fn competing_consumers_share_without_duplicates_or_loss(broker: Arc<dy
     }
 
     let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-    let deadline = Instant::now() + WAIT * 2;
+    let deadline = Instant::now() + wait() * 2;
     let mut tasks = Vec::new();
     for (index, mut consumer) in consumers.into_iter().enumerate() {
         let seen = seen.clone();
@@ -125,7 +125,7 @@ pub async fn concurrent_publishers_lose_nothing(broker: Arc<dyn Broker>) {
     // Consume while they publish, so bounded brokers are not left full.
     let total = PUBLISHERS * EACH;
     let mut got = HashSet::with_capacity(total);
-    let deadline = Instant::now() + WAIT * 4;
+    let deadline = Instant::now() + wait() * 4;
     while got.len() < total {
         assert!(
             Instant::now() < deadline,
@@ -218,7 +218,7 @@ pub async fn concurrent_subscribers_lose_nothing(broker: Arc<dyn Broker>) {
         .ack_timeout(Duration::from_secs(2))
         .unlimited_attempts();
     let mut last = subscribe(&broker, sub).await;
-    let deadline = Instant::now() + WAIT * 2;
+    let deadline = Instant::now() + wait() * 2;
     loop {
         let missing = sent.difference(&acked.lock().unwrap()).count();
         if missing == 0 {

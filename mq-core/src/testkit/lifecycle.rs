@@ -82,7 +82,7 @@ pub async fn consumer_is_a_stream(broker: Arc<dyn Broker>) {
     let mut stream = consumer.into_stream();
     let mut got = Vec::new();
     for _ in 0..3 {
-        let d = tokio::time::timeout(WAIT, stream.next())
+        let d = tokio::time::timeout(wait(), stream.next())
             .await
             .expect("stream item in time")
             .expect("stream still open")
@@ -101,7 +101,7 @@ pub async fn recv_after_close_returns_none(broker: Arc<dyn Broker>) {
     send(producer.as_ref(), &topic, Message::new("after close")).await;
     consumer.close().await.expect("close");
     consumer.close().await.expect("closing twice is a no-op");
-    let next = tokio::time::timeout(WAIT, consumer.recv())
+    let next = tokio::time::timeout(wait(), consumer.recv())
         .await
         .expect("recv returns promptly");
     assert!(
@@ -142,7 +142,7 @@ pub async fn send_after_broker_close_is_error(broker: Arc<dyn Broker>) {
         "no subscription after close"
     );
     // The open consumer ends (it may first hand out what it already had).
-    let ended = tokio::time::timeout(WAIT, async {
+    let ended = tokio::time::timeout(wait(), async {
         loop {
             match consumer.recv().await {
                 Ok(None) | Err(_) => return,

@@ -9,7 +9,7 @@
 //! makes one `#[tokio::test]` per check (the crate needs `tokio` with the
 //! `macros` and `rt-multi-thread` features as a dev-dependency):
 //!
-//! ```ignore
+//! ```no_run
 //! use std::sync::Arc;
 //! use mq_core::Broker;
 //!
@@ -27,6 +27,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -43,8 +44,26 @@ pub use groups::*;
 pub use lifecycle::*;
 pub use settle::*;
 
-/// The longest any check waits for one expected delivery.
+/// The longest any check waits for one expected delivery, unless changed
+/// with [`set_wait`].
 pub const WAIT: Duration = Duration::from_secs(30);
+
+static WAIT_MILLIS: AtomicU64 = AtomicU64::new(30_000);
+
+/// Changes how long checks wait for an expected delivery (for the whole
+/// process): longer for slow brokers, shorter for tests that expect a check
+/// to fail.
+pub fn set_wait(wait: Duration) {
+    WAIT_MILLIS.store(
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// The current wait bound (see [`set_wait`]).
+pub fn wait() -> Duration {
+    Duration::from_millis(WAIT_MILLIS.load(Ordering::Relaxed))
+}
 
 /// How long a check watches for a delivery that must not come.
 pub const QUIET: Duration = Duration::from_millis(600);
@@ -89,7 +108,7 @@ macro_rules! __mq_for_each_check {
 /// Defines one `#[tokio::test]` per conformance check, each on a fresh broker
 /// from `$make` (an async fn or closure returning `Arc<dyn Broker>`).
 ///
-/// ```ignore
+/// ```no_run
 /// mq_core::conformance_tests!(|| async {
 ///     std::sync::Arc::new(mq_memory::MemoryBroker::new()) as std::sync::Arc<dyn mq_core::Broker>
 /// });
@@ -185,9 +204,10 @@ async fn recv_within(consumer: &mut dyn Consumer, within: Duration) -> Option<De
 
 /// The next delivery, or a panic naming `what` after [`WAIT`].
 async fn expect_delivery(consumer: &mut dyn Consumer, what: &str) -> Delivery {
-    recv_within(consumer, WAIT)
+    let wait = wait();
+    recv_within(consumer, wait)
         .await
-        .unwrap_or_else(|| panic!("no delivery within {WAIT:?}: expected {what}"))
+        .unwrap_or_else(|| panic!("no delivery within {wait:?}: expected {what}"))
 }
 
 /// Panics if a delivery arrives within [`QUIET`].
