@@ -112,12 +112,12 @@ impl Policy {
 
     /// Where a failed delivery on its `attempt`-th try goes: back to the group
     /// as `attempt + 1`, or (attempts used up) to the dead-letter topic.
-    fn requeue_or_dead_letter(&self, message: Arc<Message>, attempt: u32) -> Result<Redelivery, DeadLetter> {
+    fn requeue_or_dead_letter(&self, message: Arc<Message>, attempt: u32) -> Next {
         match self.subscription.max_attempts {
             Some(max) if self.subscription.attempts_exhausted(attempt) => {
-                Err(self.dead_letter(&message, attempt, &attempts_exhausted_reason(max)))
+                Next::DeadLetter(self.dead_letter(&message, attempt, &attempts_exhausted_reason(max)))
             }
-            _ => Ok(Redelivery {
+            _ => Next::Requeue(Redelivery {
                 message,
                 attempt: attempt.saturating_add(1),
             }),
@@ -146,6 +146,13 @@ pub(crate) struct TopicState {
     version: u64,
     /// Tasks waiting for the version to change.
     sleepers: Vec<Waker>,
+}
+
+/// Where a failed delivery goes next.
+#[derive(Debug)]
+enum Next {
+    Requeue(Redelivery),
+    DeadLetter(DeadLetter),
 }
 
 /// A message going back to its group, with the attempt it will be delivered as.
@@ -477,8 +484,8 @@ impl TopicState {
             Nack::DeadLetter { reason } => return Ok(Some(policy.dead_letter(&message, attempt, &reason))),
             Nack::Requeue { delay } if !delay.is_zero() => {
                 match policy.requeue_or_dead_letter(message, attempt) {
-                    Err(dead) => return Ok(Some(dead)),
-                    Ok(redelivery) => {
+                    Next::DeadLetter(dead) => return Ok(Some(dead)),
+                    Next::Requeue(redelivery) => {
                         let seq = g.next_seq;
                         g.next_seq += 1;
                         g.delayed.push(Delayed {
@@ -494,11 +501,11 @@ impl TopicState {
             _ => policy.requeue_or_dead_letter(message, attempt),
         };
         match redelivery {
-            Ok(redelivery) => {
+            Next::Requeue(redelivery) => {
                 g.ready.push_back(redelivery);
                 Ok(None)
             }
-            Err(dead) => Ok(Some(dead)),
+            Next::DeadLetter(dead) => Ok(Some(dead)),
         }
     }
 
@@ -514,8 +521,8 @@ impl TopicState {
         let slot = g.slots.swap_remove(index);
         for lease in slot.leases.into_iter().rev().flatten() {
             match slot.policy.requeue_or_dead_letter(lease.message, lease.attempt) {
-                Ok(redelivery) => g.ready.push_front(redelivery),
-                Err(d) => dead.push(d),
+                Next::Requeue(redelivery) => g.ready.push_front(redelivery),
+                Next::DeadLetter(d) => dead.push(d),
             }
         }
     }
@@ -552,8 +559,8 @@ impl Group {
             while let Some(lease) = slot.pop_expired(now) {
                 tracing::debug!(group = %slot.policy.group, id = %lease.message.id, "ack timeout passed; redelivering");
                 match slot.policy.requeue_or_dead_letter(lease.message, lease.attempt) {
-                    Ok(redelivery) => self.ready.push_back(redelivery),
-                    Err(d) => dead.push(d),
+                    Next::Requeue(redelivery) => self.ready.push_back(redelivery),
+                    Next::DeadLetter(d) => dead.push(d),
                 }
             }
         }

@@ -1,0 +1,10 @@
+//! Shared set-up for the examples: a registry with every backend this build
+//! includes.
+
+/// A registry with every backend compiled into the examples: `memory://`
+/// always; the adapters as they become available.
+pub fn registry() -> mq_core::Registry {
+    let mut registry = mq_core::Registry::new();
+    mq_memory::register(&mut registry);
+    registry
+}
