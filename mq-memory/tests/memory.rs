@@ -1,6 +1,8 @@
 //! Behaviour specific to the in-memory broker: capacity, backpressure,
 //! independence, URLs.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
 use std::sync::Arc;
 use std::time::Duration;
 
