@@ -1,6 +1,52 @@
-//! # mq-redis: the Redis Streams adapter for mq (not implemented yet)
+//! # mq-redis: the Redis Streams adapter for mq
 //!
-//! This crate will implement the [`mq_core`] contract on Redis Streams over redis-rs and
-//! register the `redis://` and `rediss://` URL schemes. It is an empty placeholder today: nothing
-//! here connects to Redis Streams, and [`mq_core::Registry`] reports the scheme as not
-//! registered. See the workspace README's backend table for the status.
+//! Implements the [`mq_core`] contract on Redis Streams (Redis 6.2 or newer:
+//! it uses `XAUTOCLAIM`) over redis-rs, and registers `redis://` and
+//! `rediss://` (feature `tls`).
+//!
+//! | mq | Redis |
+//! |---|---|
+//! | topic | stream `{prefix}{topic}` (XADD, optional `MAXLEN ~`) |
+//! | group | consumer group (XGROUP CREATE ... MKSTREAM; `0` for earliest, `$` for latest) |
+//! | receipt | the XADD reply (the entry id) |
+//! | consume | XREADGROUP BLOCK/COUNT on a connection of its own, without response timeout |
+//! | ack | XACK, batched in the background |
+//! | requeue | a copy with attempt + 1 in the group's retry stream, XACK of the original, atomically |
+//! | delayed requeue | a copy in a sorted set (in Redis: survives client restarts), moved to the retry stream when due |
+//! | dead letter | XADD to the dead-letter topic's stream with reason headers, XACK, atomically |
+//! | crashed consumer | XAUTOCLAIM of entries idle longer than the ack timeout |
+//! | prefetch | unsettled deliveries per consumer; reads ask only for that many |
+//! | reconnect | the shared connection reconnects and the failed command is retried; the reader reconnects |
+//!
+//! ```no_run
+//! # async fn run() -> mq_core::Result<()> {
+//! use mq_core::{Message, Subscription};
+//! let mut registry = mq_core::Registry::new();
+//! mq_redis::register(&mut registry);
+//! let broker = registry.connect("redis://127.0.0.1:6379").await?;
+//! let mut consumer = broker.subscribe(Subscription::new("orders", "billing")).await?;
+//! broker.producer(Default::default()).await?.send("orders", Message::new("tea")).await?;
+//! if let Some(delivery) = consumer.recv().await? {
+//!     delivery.ack().await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `tls` | `rediss://` through rustls (ring), with the webpki roots |
+
+mod broker;
+mod codec;
+mod config;
+mod consumer;
+mod error;
+mod producer;
+mod scripts;
+
+pub use broker::{RedisBroker, RedisConnector, register};
+pub use config::{RedisConfig, RedisOptions};
+pub use consumer::RedisConsumer;
+pub use producer::RedisProducer;

@@ -1,0 +1,342 @@
+//! The Redis Streams broker: one shared connection for commands, one
+//! dedicated connection per consumer for blocking reads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mq_core::{
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
+    StartPosition, Subscription,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, FromRedisValue, RedisError};
+use tokio::sync::watch;
+
+use crate::RedisConfig;
+use crate::consumer::RedisConsumer;
+use crate::error::{is_transient, map};
+use crate::producer::RedisProducer;
+
+/// A Redis Streams broker.
+///
+/// A topic is a stream (`{prefix}{topic}`), a group a consumer group. Each
+/// group also has a retry stream (`{prefix}{topic}:retry:{group}`) that
+/// carries its requeued messages, so a requeue reaches only the group that
+/// asked for it, and a sorted set of delayed requeues
+/// (`{prefix}{topic}:delayed:{group}`), kept in Redis so they survive a
+/// restart of the client.
+///
+/// ```no_run
+/// # async fn run() -> mq_core::Result<()> {
+/// let mut registry = mq_core::Registry::new();
+/// mq_redis::register(&mut registry);
+/// let broker = registry.connect("redis://127.0.0.1:6379?max_len=100000").await?;
+/// assert_eq!(broker.name(), "redis");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisBroker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: RedisConfig,
+    client: redis::Client,
+    conn: ConnectionManager,
+    pub(crate) endpoint: String,
+    closed: AtomicBool,
+    pub(crate) close_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects, trying again (within the configured retries and timeouts)
+    /// while the server is unreachable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Auth`] for refused credentials; [`Error::Connection`] when
+    /// the server cannot be reached in time; [`Error::Unsupported`] for
+    /// `rediss://` without the `tls` feature.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let endpoint = config.endpoint();
+        if config.tls && !cfg!(feature = "tls") {
+            return Err(Error::Unsupported {
+                backend: "redis",
+                feature: "rediss:// (TLS): enable the `tls` feature of mq-redis".into(),
+            });
+        }
+        let client =
+            redis::Client::open(config.client_url()).map_err(|e| map(e, "open client", &endpoint))?;
+        let opts = &config.options;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.connect_timeout()))
+            .set_response_timeout(Some(opts.response_timeout()))
+            .set_number_of_retries(opts.retries as usize)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        // The manager retries the first connection too; bound the whole of it.
+        let bound =
+            opts.connect_timeout() * (opts.retries + 1) + Duration::from_secs(u64::from(opts.retries));
+        let conn = match tokio::time::timeout(bound, client.get_connection_manager_with_config(manager)).await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(map(e, "connect", &endpoint)),
+            Err(_) => {
+                return Err(Error::Connection {
+                    backend: "redis",
+                    endpoint,
+                    reason: format!("no connection within {bound:?}"),
+                    source: None,
+                });
+            }
+        };
+        let (close_tx, _) = watch::channel(false);
+        let broker = RedisBroker {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                conn,
+                endpoint,
+                closed: AtomicBool::new(false),
+                close_tx,
+            }),
+        };
+        // Fail now, not on first use, when the credentials or the server are wrong.
+        let pong: String = broker.inner.query("PING", &redis::cmd("PING")).await?;
+        if pong != "PONG" {
+            return Err(Error::backend(
+                "redis",
+                "PING",
+                format!("unexpected reply `{pong}`"),
+            ));
+        }
+        Ok(broker)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The shared multiplexed connection, for commands mq does not offer
+    /// (an escape hatch: keys mq uses are described on [`RedisBroker`]).
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+}
+
+impl Inner {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::closed("redis broker"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn stream_key(&self, topic: &str) -> String {
+        format!("{}{topic}", self.config.options.prefix)
+    }
+
+    pub(crate) fn retry_key(&self, topic: &str, group: &str) -> String {
+        format!("{}{topic}:retry:{group}", self.config.options.prefix)
+    }
+
+    pub(crate) fn delayed_key(&self, topic: &str, group: &str) -> String {
+        format!("{}{topic}:delayed:{group}", self.config.options.prefix)
+    }
+
+    /// Runs a command on the shared connection, trying again after a lost
+    /// connection (the connection manager reconnects but does not retry).
+    pub(crate) async fn query<T: FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
+        self.retrying(what, || {
+            let mut conn = self.conn.clone();
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await
+    }
+
+    /// As [`Inner::query`] for a pipeline (one round trip).
+    pub(crate) async fn query_pipe<T: FromRedisValue>(
+        &self,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        self.retrying(what, || {
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it when the server lacks it).
+    pub(crate) async fn run_script<T: FromRedisValue>(
+        &self,
+        what: &str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.retrying(what, || {
+            let mut conn = self.conn.clone();
+            async move { inv.invoke_async(&mut conn).await }
+        })
+        .await
+    }
+
+    async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, RedisError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) && tries < self.config.options.retries => {
+                    tries += 1;
+                    tracing::warn!(endpoint = %self.endpoint, operation = what, error = %e, tries, "redis command failed; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(map(e, what, &self.endpoint)),
+            }
+        }
+    }
+
+    /// A connection of its own, without response timeout, for blocking reads
+    /// (a blocked read would stall every other command on a shared one).
+    pub(crate) async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.options.connect_timeout()))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| map(e, "open a connection for blocking reads", &self.endpoint))
+    }
+
+    /// Creates `group` on `key` (and the stream) unless it exists.
+    pub(crate) async fn create_group(&self, key: &str, group: &str, start: &str) -> Result<()> {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE").arg(key).arg(group).arg(start).arg("MKSTREAM");
+        match self
+            .query::<()>(&format!("create group `{group}` on `{key}`"), &cmd)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Error::Backend { reason, .. }) if reason.contains("BUSYGROUP") => Ok(()),
+            Err(Error::Backend {
+                operation,
+                reason,
+                source,
+                ..
+            }) => Err(Error::Backend {
+                backend: "redis",
+                operation,
+                reason: format!("key `{key}`: {reason}"),
+                retryable: false,
+                source,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What the Redis backend guarantees.
+pub(crate) fn capabilities(max_message_bytes: usize) -> Capabilities {
+    let mut caps = Capabilities::default();
+    caps.ordering_per_key = true;
+    // Durable only as far as the server's own persistence (RDB/AOF) goes.
+    caps.persistence = false;
+    caps.delayed_requeue = true;
+    caps.consumer_groups = true;
+    caps.replay_from_earliest = true;
+    caps.ack_timeout_redelivery = true;
+    caps.dead_letter = true;
+    caps.max_message_bytes = Some(max_message_bytes);
+    caps
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities(self.inner.config.options.max_message_bytes)
+    }
+
+    async fn producer(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        self.inner.check_open()?;
+        Ok(Box::new(RedisProducer::new(self.inner.clone(), options)))
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
+        self.inner.check_open()?;
+        for (what, name) in [("topic", &subscription.topic), ("group", &subscription.group)] {
+            if name.is_empty() {
+                return Err(Error::InvalidOption {
+                    backend: "redis",
+                    option: what.into(),
+                    reason: format!("the {what} name is empty"),
+                });
+            }
+        }
+        let inner = &self.inner;
+        let start = match subscription.start {
+            StartPosition::Earliest => "0",
+            _ => "$",
+        };
+        let main = inner.stream_key(&subscription.topic);
+        inner.create_group(&main, &subscription.group, start).await?;
+        let retry = inner.retry_key(&subscription.topic, &subscription.group);
+        inner.create_group(&retry, &subscription.group, "0").await?;
+        Ok(Box::new(RedisConsumer::start(inner.clone(), subscription)))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.inner.closed.swap(true, Ordering::AcqRel) {
+            self.inner.close_tx.send_replace(true);
+        }
+        Ok(())
+    }
+}
+
+/// Connects `redis://` and `rediss://` URLs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisConnector;
+
+#[async_trait]
+impl Connector for RedisConnector {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["redis", "rediss"]
+    }
+
+    async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
+        Ok(Arc::new(RedisBroker::connect(RedisConfig::from_url(url)?).await?))
+    }
+}
+
+/// Registers `redis://` and `rediss://` in `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register(Arc::new(RedisConnector));
+}

@@ -1,0 +1,219 @@
+//! Messages as stream entry fields, and parsing of stream replies.
+//!
+//! Fields: `id` (message id), `k` (key, when set), `t` (timestamp, ms since
+//! the epoch), `p` (payload, any bytes), `a` (the attempt a requeued copy is
+//! delivered as; absent means 1), and `h:{name}` per header.
+
+use mq_core::{Message, time_from_millis};
+use redis::Value;
+
+pub(crate) const ID: &[u8] = b"id";
+pub(crate) const KEY: &[u8] = b"k";
+pub(crate) const TIME: &[u8] = b"t";
+pub(crate) const PAYLOAD: &[u8] = b"p";
+pub(crate) const ATTEMPT: &[u8] = b"a";
+pub(crate) const HEADER: &[u8] = b"h:";
+
+/// The fields of `message`, plus the attempt for a requeued copy.
+pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields = Vec::with_capacity(5 + message.headers.len());
+    fields.push((ID.to_vec(), message.id.as_bytes().to_vec()));
+    if let Some(key) = &message.key {
+        fields.push((KEY.to_vec(), key.as_bytes().to_vec()));
+    }
+    fields.push((TIME.to_vec(), message.timestamp_millis().to_string().into_bytes()));
+    if let Some(attempt) = attempt {
+        fields.push((ATTEMPT.to_vec(), attempt.to_string().into_bytes()));
+    }
+    for (name, value) in &message.headers {
+        let mut field = HEADER.to_vec();
+        field.extend_from_slice(name.as_bytes());
+        fields.push((field, value.as_bytes().to_vec()));
+    }
+    fields.push((PAYLOAD.to_vec(), message.payload.to_vec()));
+    fields
+}
+
+/// One stream entry as read.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The stream entry id (`1700000000000-0`).
+    pub(crate) id: String,
+    pub(crate) message: Message,
+    /// The attempt stored with a requeued copy (1 when absent).
+    pub(crate) attempt: u32,
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// Items of an array-like value (RESP2 arrays, RESP3 sets).
+pub(crate) fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => &[],
+    }
+}
+
+/// Parses `[id, [field, value, ...]]`. A deleted entry (nil fields) yields `None`.
+pub(crate) fn entry(v: &Value) -> Option<Entry> {
+    let [id, fields] = items(v) else {
+        return None;
+    };
+    let id = text(id)?;
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = match fields {
+        Value::Map(map) => map
+            .iter()
+            .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
+            .collect(),
+        other => items(other)
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((bytes(k)?, bytes(v)?)),
+                _ => None,
+            })
+            .collect(),
+    };
+    if pairs.is_empty() {
+        return None;
+    }
+    Some(decode(id, pairs))
+}
+
+fn decode(entry_id: String, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Entry {
+    let mut message = Message::new(Vec::<u8>::new()).with_id(entry_id.clone());
+    let mut attempt = 1;
+    for (field, value) in pairs {
+        let as_text = || String::from_utf8_lossy(&value).into_owned();
+        match field.as_slice() {
+            ID => message.id = as_text(),
+            KEY => message.key = Some(as_text()),
+            TIME => {
+                if let Ok(ms) = as_text().parse::<u64>() {
+                    message.timestamp = time_from_millis(ms);
+                }
+            }
+            ATTEMPT => attempt = as_text().parse().unwrap_or(1),
+            PAYLOAD => message.payload = value.into(),
+            f if f.starts_with(HEADER) => {
+                let name = String::from_utf8_lossy(&f[HEADER.len()..]).into_owned();
+                message.headers.insert(name, as_text());
+            }
+            // A field mq did not write (an entry added by another program): keep it as a header.
+            other => {
+                message
+                    .headers
+                    .insert(String::from_utf8_lossy(other).into_owned(), as_text());
+            }
+        }
+    }
+    Entry {
+        id: entry_id,
+        message,
+        attempt: attempt.max(1),
+    }
+}
+
+/// Parses an XREADGROUP reply into `(stream key, entries)` pairs.
+pub(crate) fn read_reply(v: &Value) -> Vec<(String, Vec<Entry>)> {
+    let streams: Vec<(&Value, &Value)> = match v {
+        Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+        other => items(other)
+            .iter()
+            .filter_map(|s| match items(s) {
+                [k, v] => Some((k, v)),
+                _ => None,
+            })
+            .collect(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|(key, entries)| Some((text(key)?, items(entries).iter().filter_map(entry).collect())))
+        .collect()
+}
+
+/// Parses an XAUTOCLAIM reply: `[next cursor, [entries], (deleted ids)]`.
+pub(crate) fn autoclaim_reply(v: &Value) -> (String, Vec<Entry>) {
+    match items(v) {
+        [cursor, entries, ..] => (
+            text(cursor).unwrap_or_else(|| "0-0".into()),
+            items(entries).iter().filter_map(entry).collect(),
+        ),
+        _ => ("0-0".into(), Vec::new()),
+    }
+}
+
+/// Parses extended XPENDING rows `[id, consumer, idle ms, deliveries]` into `(id, deliveries)`.
+pub(crate) fn pending_reply(v: &Value) -> Vec<(String, u32)> {
+    items(v)
+        .iter()
+        .filter_map(|row| match items(row) {
+            [id, _, _, count, ..] => Some((text(id)?, text(count)?.parse().ok()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_value(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Value {
+        Value::Array(
+            fields
+                .into_iter()
+                .flat_map(|(k, v)| [Value::BulkString(k), Value::BulkString(v)])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn message_round_trips_through_fields() {
+        let msg = Message::new(vec![0u8, 255, 10])
+            .with_key("k")
+            .with_header("h:odd", "x")
+            .with_header("trace", "1");
+        let value = Value::Array(vec![
+            Value::BulkString(b"1-0".to_vec()),
+            as_value(encode(&msg, Some(3))),
+        ]);
+        let e = entry(&value).unwrap();
+        assert_eq!(e.id, "1-0");
+        assert_eq!(e.attempt, 3);
+        assert_eq!(e.message, msg);
+    }
+
+    #[test]
+    fn foreign_entries_keep_their_fields() {
+        let value = Value::Array(vec![
+            Value::BulkString(b"5-1".to_vec()),
+            as_value(vec![(b"temperature".to_vec(), b"21".to_vec())]),
+        ]);
+        let e = entry(&value).unwrap();
+        assert_eq!(e.message.id, "5-1");
+        assert_eq!(e.message.header("temperature"), Some("21"));
+        assert_eq!(e.attempt, 1);
+    }
+
+    #[test]
+    fn deleted_entries_are_skipped() {
+        let value = Value::Array(vec![Value::BulkString(b"5-1".to_vec()), Value::Nil]);
+        assert!(entry(&value).is_none());
+    }
+}

@@ -1,0 +1,102 @@
+//! Sending: XADD, pipelined for batches.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
+
+use crate::broker::Inner;
+use crate::codec;
+
+/// A producer of a [`RedisBroker`](crate::RedisBroker): `send` returns once
+/// Redis replied to the XADD; `send_batch` sends all XADDs in one round trip.
+#[derive(Debug)]
+pub struct RedisProducer {
+    inner: Arc<Inner>,
+    options: ProducerOptions,
+}
+
+impl RedisProducer {
+    pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
+        RedisProducer { inner, options }
+    }
+
+    fn xadd(&self, key: &str, message: &Message, pipe: &mut redis::Pipeline) {
+        let cmd = pipe.cmd("XADD").arg(key);
+        if let Some(max_len) = self.inner.config.options.max_len {
+            cmd.arg("MAXLEN").arg("~").arg(max_len);
+        }
+        cmd.arg("*");
+        for (field, value) in codec::encode(message, None) {
+            cmd.arg(field).arg(value);
+        }
+    }
+
+    fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
+        self.inner.check_open()?;
+        if topic.is_empty() {
+            return Err(Error::InvalidOption {
+                backend: "redis",
+                option: "topic".into(),
+                reason: "the topic name is empty".into(),
+            });
+        }
+        let limit = self.inner.config.options.max_message_bytes;
+        if let Some(m) = messages.iter().find(|m| m.encoded_len() > limit) {
+            return Err(Error::TooLarge {
+                topic: topic.to_string(),
+                size: m.encoded_len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    async fn add_all(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {
+        self.check(topic, messages)?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.inner.stream_key(topic);
+        let mut pipe = redis::pipe();
+        for message in messages {
+            self.xadd(&key, message, &mut pipe);
+        }
+        let what = format!("XADD to `{key}`");
+        let call = self.inner.query_pipe::<Vec<String>>(&what, &pipe);
+        let ids = match self.options.send_timeout {
+            None => call.await?,
+            Some(after) => tokio::time::timeout(after, call)
+                .await
+                .map_err(|_| Error::Timeout {
+                    operation: what.clone(),
+                    after,
+                })??,
+        };
+        let topic: Arc<str> = topic.into();
+        Ok(messages
+            .iter()
+            .zip(ids)
+            .map(|(m, id)| Receipt::new(topic.clone(), m.id.clone(), Position::Id(id)))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Producer for RedisProducer {
+    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let mut receipts = self.add_all(topic, std::slice::from_ref(&message)).await?;
+        receipts
+            .pop()
+            .ok_or_else(|| Error::backend("redis", format!("XADD to `{topic}`"), "no reply"))
+    }
+
+    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        self.add_all(topic, &messages).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Every send waits for its reply: nothing is left in flight.
+        self.inner.check_open()
+    }
+}
