@@ -2,9 +2,10 @@
 //! includes.
 
 /// A registry with every backend compiled into the examples: `memory://`
-/// always; the adapters as they become available.
+/// and `redis://`; the other adapters as they become available.
 pub fn registry() -> mq_core::Registry {
     let mut registry = mq_core::Registry::new();
     mq_memory::register(&mut registry);
+    mq_redis::register(&mut registry);
     registry
 }

@@ -33,11 +33,12 @@ pub(crate) fn map(err: RedisError, operation: &str, endpoint: &str) -> Error {
             source: Some(Box::new(err)),
         };
     }
-    let reason = match code.as_deref() {
-        Some("WRONGTYPE") => {
-            "the key holds a value that is not a stream; use another topic or prefix".to_string()
-        }
-        _ => err.to_string(),
+    // Inside a pipeline reply the server's code is only in the text.
+    let wrong_type = code.as_deref() == Some("WRONGTYPE") || err.to_string().contains("WRONGTYPE");
+    let reason = if wrong_type {
+        "the key holds a value that is not a stream; use another topic or prefix".to_string()
+    } else {
+        err.to_string()
     };
     Error::Backend {
         backend: "redis",
