@@ -37,6 +37,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `tls` | `rediss://` through rustls (ring), with the webpki roots |
+//! | `testcontainers` | `testing::TestRedis`: a Redis 7 container for tests when `MQ_TEST_REDIS_URL` is unset and Docker is there |
 
 mod broker;
 mod codec;
@@ -45,6 +46,8 @@ mod consumer;
 mod error;
 mod producer;
 mod scripts;
+#[cfg(feature = "testcontainers")]
+pub mod testing;
 
 pub use broker::{RedisBroker, RedisConnector, register};
 pub use config::{RedisConfig, RedisOptions};

@@ -1,4 +1,5 @@
-//! Finding the Redis server the tests run against.
+//! Finding the Redis server the tests run against: `MQ_TEST_REDIS_URL`, or
+//! (feature `testcontainers`, Docker present) a container per test.
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -6,20 +7,23 @@ use std::sync::Arc;
 use mq_core::{Broker, BrokerUrl};
 use mq_redis::{RedisBroker, RedisConfig};
 
-/// The test server's URL, from `MQ_TEST_REDIS_URL`.
-pub(crate) fn url() -> String {
-    match std::env::var("MQ_TEST_REDIS_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => panic!(
-            "no Redis to test against: set MQ_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379), \
-             or run scripts/test.sh, which starts or installs a local redis-server"
-        ),
-    }
+const HOW: &str = "set MQ_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379), run scripts/test.sh (it starts or installs \
+                   a local redis-server), or enable the `testcontainers` feature with a Docker engine running";
+
+/// The configured server's URL, if any.
+fn configured() -> Option<String> {
+    std::env::var("MQ_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
 }
 
-/// A config for the test server with extra query options, e.g. `"max_len=10"`.
-pub(crate) fn config(extra: &str) -> RedisConfig {
-    let base = url();
+/// The test server's URL, from `MQ_TEST_REDIS_URL`.
+pub(crate) fn url() -> String {
+    configured().unwrap_or_else(|| panic!("no Redis to test against: {HOW}"))
+}
+
+/// A config for `base` with extra query options, e.g. `"max_len=10"`.
+fn config_for(base: String, extra: &str) -> RedisConfig {
     let sep = if base.contains('?') { '&' } else { '?' };
     let full = if extra.is_empty() {
         base
@@ -30,16 +34,76 @@ pub(crate) fn config(extra: &str) -> RedisConfig {
         .expect("test URL is a Redis URL")
 }
 
-/// A fresh broker connection to the test server.
-pub(crate) async fn broker() -> Arc<dyn Broker> {
-    Arc::new(redis_broker("").await)
+/// A config for the test server with extra query options.
+pub(crate) fn config(extra: &str) -> RedisConfig {
+    config_for(url(), extra)
 }
 
-/// A fresh broker with extra query options.
-pub(crate) async fn redis_broker(extra: &str) -> RedisBroker {
-    let config = config(extra);
+async fn connect(config: RedisConfig) -> RedisBroker {
     let shown = config.endpoint();
     RedisBroker::connect(config)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to the test Redis at {shown}: {e}"))
+}
+
+/// A fresh broker connection to the test server.
+pub(crate) async fn broker() -> Arc<dyn Broker> {
+    if configured().is_some() {
+        return Arc::new(redis_broker("").await);
+    }
+    container_broker().await
+}
+
+/// A fresh broker with extra query options.
+pub(crate) async fn redis_broker(extra: &str) -> RedisBroker {
+    connect(config(extra)).await
+}
+
+#[cfg(feature = "testcontainers")]
+async fn container_broker() -> Arc<dyn Broker> {
+    let server = mq_redis::testing::TestRedis::start()
+        .await
+        .unwrap_or_else(|e| panic!("no Redis to test against: {e}"));
+    let broker = connect(config_for(server.url().to_string(), "")).await;
+    Arc::new(WithServer {
+        broker,
+        _server: server,
+    })
+}
+
+#[cfg(not(feature = "testcontainers"))]
+async fn container_broker() -> Arc<dyn Broker> {
+    panic!("no Redis to test against: {HOW}")
+}
+
+/// A broker that owns the container it talks to: the container goes when
+/// the test's last handle does.
+#[cfg(feature = "testcontainers")]
+#[derive(Debug)]
+struct WithServer {
+    broker: RedisBroker,
+    _server: mq_redis::testing::TestRedis,
+}
+
+#[cfg(feature = "testcontainers")]
+#[async_trait::async_trait]
+impl Broker for WithServer {
+    fn name(&self) -> &'static str {
+        self.broker.name()
+    }
+    fn capabilities(&self) -> mq_core::Capabilities {
+        self.broker.capabilities()
+    }
+    async fn producer(
+        &self,
+        options: mq_core::ProducerOptions,
+    ) -> mq_core::Result<Box<dyn mq_core::Producer>> {
+        self.broker.producer(options).await
+    }
+    async fn subscribe(&self, sub: mq_core::Subscription) -> mq_core::Result<Box<dyn mq_core::Consumer>> {
+        self.broker.subscribe(sub).await
+    }
+    async fn close(&self) -> mq_core::Result<()> {
+        self.broker.close().await
+    }
 }
