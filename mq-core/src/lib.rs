@@ -32,12 +32,21 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
 //! ```
 //!
+//! Policies and runtime that work over any backend:
+//!
+//! * [`retry`]: retry policies and a retrying producer;
+//! * [`balance`]: load balancing, circuit breakers, failover, fan-in;
+//! * [`worker`]: the handler runtime (concurrency, retries, dead letters,
+//!   graceful shutdown, at-most/at-least/effectively-once);
+//! * [`reply`]: request/reply.
+//!
 //! ## Feature flags
 //!
 //! | feature | what it adds |
 //! |---|---|
 //! | `testkit` | [`testkit`]: the conformance checks every backend runs |
 
+pub mod balance;
 mod broker;
 mod capabilities;
 mod config;
@@ -48,8 +57,12 @@ pub mod headers;
 mod message;
 mod producer;
 mod registry;
+pub mod reply;
+pub mod retry;
+mod rng;
 mod subscription;
 pub mod url;
+pub mod worker;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -1,0 +1,455 @@
+//! The worker (the router, in Watermill's words): consume a subscription
+//! and call a handler for each message, with bounded concurrency, retries,
+//! dead letters and a graceful shutdown.
+//!
+//! ```
+//! # async fn run() -> mq_core::Result<()> {
+//! use std::{sync::Arc, time::Duration};
+//! use mq_core::{Broker, Message, Subscription};
+//! use mq_core::retry::ExponentialBackoff;
+//! use mq_core::worker::{Job, HandlerResult, Worker};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let broker = mq_memory::MemoryBroker::new();
+//! let consumer = broker.subscribe(Subscription::new("emails", "senders")).await?;
+//! broker.producer(Default::default()).await?.send("emails", Message::new("hi")).await?;
+//!
+//! let stop = CancellationToken::new();
+//! let worker = Worker::new(consumer)
+//!     .concurrency(8)
+//!     .retry(Arc::new(ExponentialBackoff::new(Duration::from_millis(100)).max_attempts(5)));
+//! let running = tokio::spawn(worker.run(|job: Job| async move {
+//!     println!("sending {:?}", job.message.payload);
+//!     HandlerResult::Ok(vec![])
+//! }, stop.clone()));
+//! # tokio::time::sleep(Duration::from_millis(50)).await;
+//! stop.cancel(); // finish in-flight work, requeue what did not finish, close
+//! let stats = running.await.unwrap()?;
+//! assert_eq!(stats.handled, 1);
+//! # Ok(()) }
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+//! ```
+
+mod handler;
+mod idempotency;
+
+pub use handler::{Handler, HandlerResult, Job, Publish};
+pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::{ExponentialBackoff, RetryPolicy};
+use crate::{BoxError, Consumer, Delivery, Nack, Producer, Result};
+
+/// Which delivery guarantee the worker gives its handler.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Guarantee {
+    /// Ack before handling: a message is handled at most once, and lost if
+    /// the handler fails or the process dies.
+    AtMostOnce,
+    /// Ack after handling (the default): a message is handled at least once;
+    /// failures are retried.
+    #[default]
+    AtLeastOnce,
+    /// At-least-once, skipping messages whose id the store has seen: a
+    /// redelivered message is handled once (within the TTL).
+    EffectivelyOnce {
+        /// Where processed ids are kept.
+        store: Arc<dyn IdempotencyStore>,
+        /// How long an id is remembered.
+        ttl: Duration,
+    },
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Handled successfully (and acked).
+    pub handled: u64,
+    /// Handler failures (errors, panics, time-outs), each requeued or dead-lettered.
+    pub failed: u64,
+    /// Of the failures, those dead-lettered because the retry policy said stop.
+    pub dead_lettered: u64,
+    /// Handler panics (counted in `failed` too).
+    pub panics: u64,
+    /// Handler time-outs (counted in `failed` too).
+    pub timeouts: u64,
+    /// Duplicates skipped by effectively-once.
+    pub duplicates: u64,
+    /// Deliveries still in flight at shutdown and requeued.
+    pub requeued_at_shutdown: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    handled: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    panics: AtomicU64,
+    timeouts: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+/// Consumes one subscription and calls a handler for each message.
+///
+/// * At most [`concurrency`](Worker::concurrency) handlers run at once.
+/// * `Ok(outputs)`: the outputs are published, then the message is acked.
+/// * `Err`, a panic, or the [`timeout`](Worker::timeout): the message is
+///   requeued after the [`retry`](Worker::retry) policy's delay, or
+///   dead-lettered (with the error as the reason) once the policy says stop.
+/// * [`rate_limit`](Worker::rate_limit) caps messages started per second.
+/// * When the token is cancelled the worker stops taking deliveries, lets
+///   in-flight handlers finish for up to [`grace`](Worker::grace), requeues
+///   what did not finish, closes the consumer and returns its [`WorkerStats`].
+#[derive(Debug)]
+pub struct Worker {
+    consumer: Box<dyn Consumer>,
+    producer: Option<Arc<dyn Producer>>,
+    concurrency: usize,
+    retry: Arc<dyn RetryPolicy>,
+    timeout: Option<Duration>,
+    rate: Option<Duration>,
+    grace: Duration,
+    guarantee: Guarantee,
+}
+
+impl Worker {
+    /// A worker on `consumer`: concurrency 1, exponential backoff from 100 ms
+    /// (doubling, capped at 30 s, 10 attempts, 20% jitter), no time-out, no
+    /// rate limit, 30 s grace, at-least-once.
+    pub fn new(consumer: Box<dyn Consumer>) -> Self {
+        Worker {
+            consumer,
+            producer: None,
+            concurrency: 1,
+            retry: Arc::new(ExponentialBackoff::new(Duration::from_millis(100)).jitter(0.2)),
+            timeout: None,
+            rate: None,
+            grace: Duration::from_secs(30),
+            guarantee: Guarantee::AtLeastOnce,
+        }
+    }
+
+    /// How many handlers may run at once (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The retry policy for handler failures.
+    pub fn retry(mut self, policy: Arc<dyn RetryPolicy>) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Fails a handler that runs longer than `limit`.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Starts at most `per_second` messages per second (ignored unless positive).
+    pub fn rate_limit(mut self, per_second: f64) -> Self {
+        self.rate =
+            (per_second.is_finite() && per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / per_second));
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlers.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The producer that publishes handlers' outputs.
+    pub fn producer(mut self, producer: Arc<dyn Producer>) -> Self {
+        self.producer = Some(producer);
+        self
+    }
+
+    /// The delivery guarantee.
+    pub fn guarantee(mut self, guarantee: Guarantee) -> Self {
+        self.guarantee = guarantee;
+        self
+    }
+
+    /// Runs until `stop` is cancelled or the consumer ends.
+    ///
+    /// # Errors
+    ///
+    /// Closing the consumer at the end; errors while running are logged and
+    /// the worker goes on.
+    pub async fn run(mut self, handler: impl Handler, stop: CancellationToken) -> Result<WorkerStats> {
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+        let counters = Arc::new(Counters::default());
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let in_flight: Arc<Mutex<HashMap<u64, Arc<Delivery>>>> = Arc::default();
+        let shared = Arc::new(Shared {
+            producer: self.producer.clone(),
+            retry: self.retry.clone(),
+            timeout: self.timeout,
+            guarantee: self.guarantee.clone(),
+            counters: counters.clone(),
+        });
+        let mut tasks = JoinSet::new();
+        let mut next_start = Instant::now();
+        let mut key = 0u64;
+        let mut errors_in_a_row = 0u32;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            if let Some(interval) = self.rate {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep_until(next_start) => {}
+                }
+                // No bursts after a quiet spell: the next slot is one interval after now at the earliest.
+                let now = Instant::now();
+                next_start = next_start.max(now.checked_sub(interval).unwrap_or(now)) + interval;
+            }
+            let delivery = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                d = self.consumer.recv() => d,
+            };
+            let delivery = match delivery {
+                Ok(Some(d)) => {
+                    errors_in_a_row = 0;
+                    Arc::new(d)
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    errors_in_a_row += 1;
+                    tracing::warn!(error = %e, "worker: recv failed");
+                    let backoff = Duration::from_millis(50 * u64::from(errors_in_a_row.min(20)));
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            };
+            key += 1;
+            let id = key;
+            lock(&in_flight).insert(id, delivery.clone());
+            let (handler, shared, in_flight) = (handler.clone(), shared.clone(), in_flight.clone());
+            tasks.spawn(async move {
+                shared.process(&delivery, handler.as_ref()).await;
+                lock(&in_flight).remove(&id);
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+
+        // Shutdown: let in-flight work finish within the grace period.
+        let deadline = Instant::now() + self.grace;
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => if next.is_none() { break },
+                () = tokio::time::sleep_until(deadline) => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let unfinished: Vec<Arc<Delivery>> = lock(&in_flight).drain().map(|(_, d)| d).collect();
+        let mut requeued = 0;
+        for delivery in unfinished {
+            if !delivery.is_settled() && delivery.nack(Nack::requeue()).await.is_ok() {
+                requeued += 1;
+            }
+        }
+        self.consumer.close().await?;
+        let c = &counters;
+        Ok(WorkerStats {
+            handled: c.handled.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            panics: c.panics.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            requeued_at_shutdown: requeued,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What every handler task needs.
+#[derive(Debug)]
+struct Shared {
+    producer: Option<Arc<dyn Producer>>,
+    retry: Arc<dyn RetryPolicy>,
+    timeout: Option<Duration>,
+    guarantee: Guarantee,
+    counters: Arc<Counters>,
+}
+
+/// Why a handler run failed.
+enum Failure {
+    Error(BoxError),
+    Panic(String),
+    Timeout(Duration),
+}
+
+impl Failure {
+    fn reason(&self) -> String {
+        match self {
+            Failure::Error(e) => e.to_string(),
+            Failure::Panic(what) => format!("handler panicked: {what}"),
+            Failure::Timeout(after) => format!("handler timed out after {after:?}"),
+        }
+    }
+}
+
+impl Shared {
+    async fn process(&self, delivery: &Delivery, handler: &dyn Handler) {
+        let message = delivery.message();
+        let settle = |r: Result<()>| {
+            if let Err(e) = r {
+                tracing::warn!(id = %message.id, error = %e, "worker: settling a delivery failed");
+            }
+        };
+        match &self.guarantee {
+            Guarantee::AtMostOnce => {
+                settle(delivery.ack().await);
+                match self.run(delivery, handler).await {
+                    Ok(()) => {
+                        self.counters.handled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(f) => {
+                        self.count_failure(&f);
+                        tracing::warn!(id = %message.id, reason = %f.reason(), "worker: handler failed (at-most-once: not retried)");
+                    }
+                }
+                return;
+            }
+            Guarantee::EffectivelyOnce { store, .. } => match store.seen(&message.id).await {
+                Ok(true) => {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    settle(delivery.ack().await);
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(id = %message.id, error = %e, "worker: idempotency store failed; requeuing");
+                    settle(
+                        delivery
+                            .nack(Nack::requeue_after(Duration::from_millis(100)))
+                            .await,
+                    );
+                    return;
+                }
+            },
+            _ => {}
+        }
+        match self.run(delivery, handler).await {
+            Ok(()) => {
+                if let Guarantee::EffectivelyOnce { store, ttl } = &self.guarantee {
+                    if let Err(e) = store.mark(&message.id, *ttl).await {
+                        tracing::warn!(id = %message.id, error = %e, "worker: could not record the id as processed");
+                    }
+                }
+                self.counters.handled.fetch_add(1, Ordering::Relaxed);
+                settle(delivery.ack().await);
+            }
+            Err(failure) => {
+                self.count_failure(&failure);
+                let reason = failure.reason();
+                let age = SystemTime::now()
+                    .duration_since(message.timestamp)
+                    .unwrap_or_default();
+                let error: BoxError = match failure {
+                    Failure::Error(e) => e,
+                    other => other.reason().into(),
+                };
+                match self.retry.next_delay(delivery.attempt(), age, error.as_ref()) {
+                    Some(delay) => {
+                        tracing::debug!(id = %message.id, attempt = delivery.attempt(), ?delay, %reason, "worker: requeuing");
+                        settle(delivery.nack(Nack::requeue_after(delay)).await);
+                    }
+                    None => {
+                        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(id = %message.id, attempt = delivery.attempt(), %reason, "worker: dead-lettering");
+                        settle(delivery.nack(Nack::dead_letter(reason)).await);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the handler (catching panics, within the time-out) and publishes
+    /// its outputs.
+    async fn run(&self, delivery: &Delivery, handler: &dyn Handler) -> std::result::Result<(), Failure> {
+        let job = Job {
+            message: delivery.message().clone(),
+            attempt: delivery.attempt(),
+        };
+        let guarded = AssertUnwindSafe(handler.handle(job)).catch_unwind();
+        let outcome = match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, guarded)
+                .await
+                .map_err(|_| Failure::Timeout(limit))?,
+            None => guarded.await,
+        };
+        let outputs = match outcome {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(e)) => return Err(Failure::Error(e)),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".into());
+                return Err(Failure::Panic(what));
+            }
+        };
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let Some(producer) = &self.producer else {
+            return Err(Failure::Error(
+                "the handler returned messages to publish but the worker has no producer (Worker::producer)"
+                    .into(),
+            ));
+        };
+        for out in outputs {
+            producer
+                .send(&out.topic, out.message)
+                .await
+                .map_err(|e| Failure::Error(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    fn count_failure(&self, f: &Failure) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        match f {
+            Failure::Panic(_) => {
+                self.counters.panics.fetch_add(1, Ordering::Relaxed);
+            }
+            Failure::Timeout(_) => {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Failure::Error(_) => {}
+        }
+    }
+}
