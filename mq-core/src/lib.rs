@@ -34,11 +34,11 @@
 //!
 //! Policies and runtime that work over any backend:
 //!
-//! * [`retry`]: retry policies and a retrying producer;
-//! * [`balance`]: load balancing, circuit breakers, failover, fan-in;
-//! * [`worker`]: the handler runtime (concurrency, retries, dead letters,
-//!   graceful shutdown, at-most/at-least/effectively-once);
-//! * [`reply`]: request/reply.
+//! * retry policies and a retrying producer: [`retry`];
+//! * load balancing, circuit breakers, failover, fan-in: [`balance`];
+//! * the handler runtime (concurrency, retries, dead letters,
+//!   graceful shutdown, at-most/at-least/effectively-once): [`worker`];
+//! * request/reply: [`reply`].
 //!
 //! ## Feature flags
 //!

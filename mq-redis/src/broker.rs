@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mq_core::retry::{ExponentialBackoff, RetryPolicy};
 use mq_core::{
     Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
     StartPosition, Subscription,
@@ -46,6 +47,8 @@ pub(crate) struct Inner {
     client: redis::Client,
     conn: ConnectionManager,
     pub(crate) endpoint: String,
+    /// How commands are retried after a lost connection.
+    retry: ExponentialBackoff,
     closed: AtomicBool,
     pub(crate) close_tx: watch::Sender<bool>,
 }
@@ -101,12 +104,17 @@ impl RedisBroker {
             }
         };
         let (close_tx, _) = watch::channel(false);
+        let retries = opts.retries;
         let broker = RedisBroker {
             inner: Arc::new(Inner {
                 config,
                 client,
                 conn,
                 endpoint,
+                retry: ExponentialBackoff::new(Duration::from_millis(50))
+                    .max_delay(Duration::from_secs(1))
+                    .jitter(0.2)
+                    .max_attempts(retries.saturating_add(1)),
                 closed: AtomicBool::new(false),
                 close_tx,
             }),
@@ -201,18 +209,23 @@ impl Inner {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, RedisError>>,
     {
-        let mut delay = Duration::from_millis(50);
-        let mut tries = 0;
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
         loop {
-            match call().await {
+            attempt += 1;
+            let err = match call().await {
                 Ok(v) => return Ok(v),
-                Err(e) if is_transient(&e) && tries < self.config.options.retries => {
-                    tries += 1;
-                    tracing::warn!(endpoint = %self.endpoint, operation = what, error = %e, tries, "redis command failed; trying again");
+                Err(e) => e,
+            };
+            let delay = is_transient(&err)
+                .then(|| self.retry.next_delay(attempt, started.elapsed(), &err))
+                .flatten();
+            match delay {
+                Some(delay) => {
+                    tracing::warn!(endpoint = %self.endpoint, operation = what, error = %err, attempt, "redis command failed; trying again");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => return Err(map(e, what, &self.endpoint)),
+                None => return Err(map(err, what, &self.endpoint)),
             }
         }
     }

@@ -44,6 +44,7 @@ mod codec;
 mod config;
 mod consumer;
 mod error;
+mod idempotency;
 mod producer;
 mod scripts;
 #[cfg(feature = "testcontainers")]
@@ -52,4 +53,5 @@ pub mod testing;
 pub use broker::{RedisBroker, RedisConnector, register};
 pub use config::{RedisConfig, RedisOptions};
 pub use consumer::RedisConsumer;
+pub use idempotency::RedisIdempotencyStore;
 pub use producer::RedisProducer;
