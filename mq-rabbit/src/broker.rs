@@ -1,0 +1,458 @@
+//! The RabbitMQ broker: one connection (re-established when lost), a
+//! control channel for topology and requeue copies, channels per producer
+//! and per consumer.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use mq_core::retry::{ExponentialBackoff, RetryPolicy};
+use mq_core::{
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
+    Subscription,
+};
+use tokio::time::Instant;
+
+use crate::RabbitConfig;
+use crate::consumer::RabbitConsumer;
+use crate::error::{is_transient, map};
+use crate::producer::RabbitProducer;
+
+/// A RabbitMQ broker.
+///
+/// A topic is a durable exchange (type `topic` by default) named after it;
+/// messages are routed with their key (or the topic when they have none). A
+/// group is a durable queue `{topic}.{group}` bound to it with `#`, so every
+/// group gets every message and the group's consumers compete for them.
+/// Publisher confirms are always on; prefetch is always set.
+///
+/// ```no_run
+/// # async fn run() -> mq_core::Result<()> {
+/// let mut registry = mq_core::Registry::new();
+/// mq_rabbit::register(&mut registry);
+/// let broker = registry.connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// assert_eq!(broker.name(), "rabbitmq");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RabbitBroker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: RabbitConfig,
+    pub(crate) endpoint: String,
+    conn: tokio::sync::Mutex<Option<(u64, Arc<Connection>)>>,
+    generation: AtomicU64,
+    control: tokio::sync::Mutex<Option<(u64, Channel)>>,
+    /// Exchanges and queues declared on the current connection.
+    declared: Mutex<HashSet<(u64, String)>>,
+    retry: ExponentialBackoff,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBroker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitBroker {
+    /// Connects, trying again (within the configured retries) while the
+    /// server is unreachable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Auth`] for refused credentials; [`Error::Connection`] when
+    /// the server cannot be reached in time; [`Error::Unsupported`] for
+    /// `amqps://` without the `tls` feature.
+    pub async fn connect(config: RabbitConfig) -> Result<Self> {
+        if config.tls && !cfg!(feature = "tls") {
+            return Err(Error::Unsupported {
+                backend: "rabbitmq",
+                feature: "amqps:// (TLS): enable the `tls` feature of mq-rabbit".into(),
+            });
+        }
+        let retries = config.options.retries;
+        let broker = RabbitBroker {
+            inner: Arc::new(Inner {
+                endpoint: config.endpoint(),
+                config,
+                conn: tokio::sync::Mutex::new(None),
+                generation: AtomicU64::new(0),
+                control: tokio::sync::Mutex::new(None),
+                declared: Mutex::new(HashSet::new()),
+                retry: ExponentialBackoff::new(Duration::from_millis(100))
+                    .max_delay(Duration::from_secs(2))
+                    .jitter(0.2)
+                    .max_attempts(retries.saturating_add(1)),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        broker.inner.connection().await?;
+        Ok(broker)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RabbitConfig {
+        &self.inner.config
+    }
+
+    /// The current lapin connection, reconnecting if needed: an escape hatch
+    /// for what mq does not offer.
+    ///
+    /// # Errors
+    ///
+    /// As [`RabbitBroker::connect`].
+    pub async fn connection(&self) -> Result<Arc<Connection>> {
+        Ok(self.inner.connection().await?.1)
+    }
+}
+
+impl Inner {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::closed("rabbitmq broker"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The live connection and its generation; connects anew (with the retry
+    /// policy) when there is none or it was lost.
+    pub(crate) async fn connection(&self) -> Result<(u64, Arc<Connection>)> {
+        self.check_open()?;
+        let mut conn = self.conn.lock().await;
+        if let Some((generation, c)) = conn.as_ref() {
+            if c.status().connected() {
+                return Ok((*generation, c.clone()));
+            }
+        }
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let props = ConnectionProperties::default()
+                .with_connection_name(self.config.options.connection_name.as_str().into());
+            let timeout = self.config.options.connect_timeout();
+            let result = tokio::time::timeout(timeout, Connection::connect(&self.config.uri(), props)).await;
+            let err = match result {
+                Ok(Ok(c)) => {
+                    let c = Arc::new(c);
+                    let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                    if generation > 1 {
+                        tracing::info!(endpoint = %self.endpoint, generation, "reconnected to RabbitMQ");
+                    }
+                    *conn = Some((generation, c.clone()));
+                    return Ok((generation, c));
+                }
+                Ok(Err(e)) => map(e, "connect", &self.endpoint),
+                Err(_) => Error::Connection {
+                    backend: "rabbitmq",
+                    endpoint: self.endpoint.clone(),
+                    reason: format!("no connection within {timeout:?}"),
+                    source: None,
+                },
+            };
+            if matches!(err, Error::Auth { .. }) {
+                return Err(err);
+            }
+            match self.retry.next_delay(attempt, started.elapsed(), &err) {
+                Some(delay) if !self.is_closed() => {
+                    tracing::warn!(endpoint = %self.endpoint, error = %err, attempt, "connecting to RabbitMQ failed; trying again");
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// A new channel with publisher confirms on.
+    pub(crate) async fn confirm_channel(&self) -> Result<(u64, Channel)> {
+        let (generation, conn) = self.connection().await?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| map(e, "open a channel", &self.endpoint))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| map(e, "enable publisher confirms", &self.endpoint))?;
+        Ok((generation, channel))
+    }
+
+    /// The control channel (topology, requeue copies, dead letters).
+    pub(crate) async fn control(&self) -> Result<(u64, Channel)> {
+        let mut control = self.control.lock().await;
+        if let Some((generation, channel)) = control.as_ref() {
+            if channel.status().connected() && *generation == self.generation.load(Ordering::Acquire) {
+                return Ok((*generation, channel.clone()));
+            }
+        }
+        let fresh = self.confirm_channel().await?;
+        *control = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    fn is_declared(&self, generation: u64, what: &str) -> bool {
+        self.declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&(generation, what.to_string()))
+    }
+
+    fn remember(&self, generation: u64, what: String) {
+        self.declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((generation, what));
+    }
+
+    /// Declares the exchange of `topic` (idempotent; once per connection).
+    pub(crate) async fn declare_topic(&self, topic: &str) -> Result<()> {
+        let (generation, channel) = self.control().await?;
+        let what = format!("exchange {topic}");
+        if self.is_declared(generation, &what) {
+            return Ok(());
+        }
+        let kind = match self.config.options.exchange_type.as_str() {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            _ => ExchangeKind::Topic,
+        };
+        let options = ExchangeDeclareOptions {
+            durable: self.config.options.durable,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(topic.into(), kind, options, FieldTable::default())
+            .await
+            .map_err(|e| {
+                named(
+                    map(e, &format!("declare exchange `{topic}`"), &self.endpoint),
+                    "exchange",
+                    topic,
+                )
+            })?;
+        self.remember(generation, what);
+        Ok(())
+    }
+
+    /// Declares a queue with `arguments` and binds it to `exchange` with `#`
+    /// (no binding when `exchange` is empty).
+    pub(crate) async fn declare_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let (generation, channel) = self.control().await?;
+        let what = format!("queue {queue}");
+        if self.is_declared(generation, &what) {
+            return Ok(());
+        }
+        let options = QueueDeclareOptions {
+            durable: self.config.options.durable,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.into(), options, arguments)
+            .await
+            .map_err(|e| {
+                named(
+                    map(e, &format!("declare queue `{queue}`"), &self.endpoint),
+                    "queue",
+                    queue,
+                )
+            })?;
+        if !exchange.is_empty() {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    map(
+                        e,
+                        &format!("bind queue `{queue}` to `{exchange}`"),
+                        &self.endpoint,
+                    )
+                })?;
+        }
+        self.remember(generation, what);
+        Ok(())
+    }
+
+    /// The arguments of a group queue.
+    pub(crate) fn group_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from(self.config.options.queue_type.as_str())),
+        );
+        args
+    }
+
+    /// How long to wait before trying again after `err` on the `attempt`-th
+    /// try, or `None`: give up (not a lost connection, broker closed, or the
+    /// retry policy says stop).
+    pub(crate) fn retry_delay(&self, attempt: u32, started: Instant, err: &Error) -> Option<Duration> {
+        if !matches!(err, Error::Connection { .. }) || self.is_closed() {
+            return None;
+        }
+        let delay = self.retry.next_delay(attempt, started.elapsed(), err)?;
+        tracing::warn!(endpoint = %self.endpoint, error = %err, attempt, "RabbitMQ operation failed; trying again");
+        Some(delay)
+    }
+
+    /// Runs `op` again while it fails because the connection went away.
+    pub(crate) async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(err) => match self.retry_delay(attempt, started, &err) {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(err),
+                },
+            }
+        }
+    }
+}
+
+/// Adds the name of the exchange or queue to a broker error (the server's
+/// text already has it for PRECONDITION_FAILED; make sure of it).
+fn named(err: Error, what: &str, name: &str) -> Error {
+    match err {
+        Error::Backend {
+            backend,
+            operation,
+            reason,
+            retryable,
+            source,
+        } if !reason.contains(name) => Error::Backend {
+            backend,
+            operation,
+            reason: format!("{what} `{name}`: {reason}"),
+            retryable,
+            source,
+        },
+        other => other,
+    }
+}
+
+/// Whether a lapin error means the channel or connection is gone.
+pub(crate) fn lost(err: &lapin::Error) -> bool {
+    is_transient(err)
+}
+
+/// What the RabbitMQ backend guarantees.
+pub(crate) fn capabilities(max_message_bytes: usize, durable: bool) -> Capabilities {
+    let mut caps = Capabilities::default();
+    caps.ordering_per_key = true;
+    caps.persistence = durable;
+    caps.delayed_requeue = true;
+    caps.consumer_groups = true;
+    // A queue only holds what was routed to it after it was bound.
+    caps.replay_from_earliest = false;
+    // RabbitMQ redelivers when the channel closes, not on a per-message timer.
+    caps.ack_timeout_redelivery = false;
+    caps.dead_letter = true;
+    caps.max_message_bytes = Some(max_message_bytes);
+    caps
+}
+
+#[async_trait]
+impl Broker for RabbitBroker {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let o = &self.inner.config.options;
+        capabilities(o.max_message_bytes, o.durable)
+    }
+
+    async fn producer(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        self.inner.check_open()?;
+        Ok(Box::new(RabbitProducer::new(self.inner.clone(), options)))
+    }
+
+    async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
+        self.inner.check_open()?;
+        for (what, name) in [("topic", &subscription.topic), ("group", &subscription.group)] {
+            if name.is_empty() {
+                return Err(Error::InvalidOption {
+                    backend: "rabbitmq",
+                    option: what.into(),
+                    reason: format!("the {what} name is empty"),
+                });
+            }
+        }
+        Ok(Box::new(
+            RabbitConsumer::start(self.inner.clone(), subscription).await?,
+        ))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let conn = self.inner.conn.lock().await.take();
+        if let Some((_, conn)) = conn {
+            if conn.status().connected() {
+                conn.close(200, "mq: broker closed".into())
+                    .await
+                    .map_err(|e| map(e, "close the connection", &self.inner.endpoint))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects `amqp://` and `amqps://` URLs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RabbitConnector;
+
+#[async_trait]
+impl Connector for RabbitConnector {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["amqp", "amqps"]
+    }
+
+    async fn connect(&self, url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
+        Ok(Arc::new(
+            RabbitBroker::connect(RabbitConfig::from_url(url)?).await?,
+        ))
+    }
+}
+
+/// Registers `amqp://` and `amqps://` in `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register(Arc::new(RabbitConnector));
+}

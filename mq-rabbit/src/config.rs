@@ -1,0 +1,278 @@
+//! Settings of a RabbitMQ broker, from a URL or serde.
+
+use std::time::Duration;
+
+use mq_core::{BrokerUrl, Error, Result, Secret};
+use serde::Deserialize;
+
+/// Where and how to connect, from an `amqp://` or `amqps://` URL:
+/// `amqp://[user[:password]@]host[:port][/vhost][?option=value...]`.
+///
+/// | option | meaning | default |
+/// |---|---|---|
+/// | `queue_type` | `classic` or `quorum` for group queues | `classic` |
+/// | `durable` | durable exchanges and queues, persistent messages | `true` |
+/// | `exchange_type` | `topic`, `direct` or `fanout` exchange per topic | `topic` |
+/// | `publish_channels` | confirm channels per producer | 2 |
+/// | `max_message_bytes` | largest message accepted | 134217728 |
+/// | `connection_name` | shown in the management UI | `mq` |
+/// | `connect_timeout_ms` | time to connect (each try) | 5000 |
+/// | `retries` | tries again after a lost connection, per operation | 5 |
+/// | `heartbeat` | heartbeat interval in seconds (0: off) | server's |
+///
+/// ```
+/// let url: mq_core::BrokerUrl = "amqp://app:pw@rabbit:5672/prod?queue_type=quorum".parse()?;
+/// let config = mq_rabbit::RabbitConfig::from_url(&url)?;
+/// assert_eq!(config.vhost, "prod");
+/// assert!(!format!("{config:?}").contains("pw"));
+/// # Ok::<(), mq_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RabbitConfig {
+    /// `true` for `amqps://`.
+    pub tls: bool,
+    /// Host.
+    pub host: String,
+    /// Port (5672, or 5671 for TLS, when absent).
+    pub port: u16,
+    /// User name (`guest` when absent).
+    pub username: String,
+    /// Password (`guest` when absent).
+    pub password: Secret,
+    /// Virtual host (`/` when absent).
+    pub vhost: String,
+    /// Tuning options.
+    pub options: RabbitOptions,
+}
+
+/// The options of [`RabbitConfig`]; serde reads them by these names and
+/// rejects unknown ones.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RabbitOptions {
+    /// `classic` or `quorum`.
+    pub queue_type: String,
+    /// Durable topology and persistent messages.
+    pub durable: bool,
+    /// Exchange kind per topic: `topic`, `direct` or `fanout`.
+    pub exchange_type: String,
+    /// Confirm channels per producer.
+    pub publish_channels: usize,
+    /// Largest message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Connection name.
+    pub connection_name: String,
+    /// Time to connect, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Tries again after a lost connection, per operation.
+    pub retries: u32,
+    /// Heartbeat interval in seconds.
+    pub heartbeat: Option<u16>,
+}
+
+impl Default for RabbitOptions {
+    fn default() -> Self {
+        RabbitOptions {
+            queue_type: "classic".into(),
+            durable: true,
+            exchange_type: "topic".into(),
+            publish_channels: 2,
+            max_message_bytes: 128 * 1024 * 1024,
+            connection_name: "mq".into(),
+            connect_timeout_ms: 5000,
+            retries: 5,
+            heartbeat: None,
+        }
+    }
+}
+
+impl RabbitOptions {
+    /// The option names.
+    pub const NAMES: &'static [&'static str] = &[
+        "queue_type",
+        "durable",
+        "exchange_type",
+        "publish_channels",
+        "max_message_bytes",
+        "connection_name",
+        "connect_timeout_ms",
+        "retries",
+        "heartbeat",
+    ];
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.max(1))
+    }
+}
+
+impl std::fmt::Debug for RabbitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitConfig")
+            .field("endpoint", &self.endpoint())
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl RabbitConfig {
+    /// Reads an `amqp://` or `amqps://` URL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for another scheme or several hosts;
+    /// [`Error::UnknownOption`] and [`Error::InvalidOption`] for bad options.
+    pub fn from_url(url: &BrokerUrl) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let tls = match url.scheme() {
+            "amqp" => false,
+            "amqps" => true,
+            other => {
+                return Err(invalid(format!(
+                    "the rabbitmq backend takes amqp:// or amqps://, not {other}://"
+                )));
+            }
+        };
+        let default_port = if tls { 5671 } else { 5672 };
+        let (host, port) = match url.hosts() {
+            [] => ("127.0.0.1".to_string(), default_port),
+            [one] => (one.host.clone(), one.port.unwrap_or(default_port)),
+            _ => return Err(invalid("give one RabbitMQ host".into())),
+        };
+        let vhost = match url.path() {
+            "" | "/" => "/".to_string(),
+            path => path[1..].to_string(),
+        };
+        url.check_options("rabbitmq", RabbitOptions::NAMES, &[])?;
+        let mut options = RabbitOptions::default();
+        let invalid_option = |option: &str, reason: &str| Error::InvalidOption {
+            backend: "rabbitmq",
+            option: option.into(),
+            reason: reason.into(),
+        };
+        if let Some(v) = url.option("queue_type") {
+            if !matches!(v, "classic" | "quorum") {
+                return Err(invalid_option("queue_type", "must be `classic` or `quorum`"));
+            }
+            options.queue_type = v.into();
+        }
+        if let Some(v) = url.option("exchange_type") {
+            if !matches!(v, "topic" | "direct" | "fanout") {
+                return Err(invalid_option(
+                    "exchange_type",
+                    "must be `topic`, `direct` or `fanout`",
+                ));
+            }
+            options.exchange_type = v.into();
+        }
+        if let Some(v) = url.option("connection_name") {
+            options.connection_name = v.into();
+        }
+        if let Some(v) = url.parse_option("rabbitmq", "durable")? {
+            options.durable = v;
+        }
+        if let Some(v) = url.parse_option::<usize>("rabbitmq", "publish_channels")? {
+            if v == 0 {
+                return Err(invalid_option("publish_channels", "must be at least 1"));
+            }
+            options.publish_channels = v;
+        }
+        if let Some(v) = url.parse_option("rabbitmq", "max_message_bytes")? {
+            options.max_message_bytes = v;
+        }
+        if let Some(v) = url.parse_option("rabbitmq", "connect_timeout_ms")? {
+            options.connect_timeout_ms = v;
+        }
+        if let Some(v) = url.parse_option("rabbitmq", "retries")? {
+            options.retries = v;
+        }
+        options.heartbeat = url.parse_option("rabbitmq", "heartbeat")?;
+        Ok(RabbitConfig {
+            tls,
+            host,
+            port,
+            username: url.username().unwrap_or("guest").to_string(),
+            password: url.password().cloned().unwrap_or_else(|| Secret::new("guest")),
+            vhost,
+            options,
+        })
+    }
+
+    /// `amqp://host:port/vhost`, for messages (no credentials).
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        format!(
+            "{scheme}://{}:{}/{}",
+            self.host,
+            self.port,
+            self.vhost.trim_start_matches('/')
+        )
+    }
+
+    /// The URI lapin connects with, password included. Never log it.
+    pub(crate) fn uri(&self) -> String {
+        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+        let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let mut uri = format!(
+            "{scheme}://{}:{}@{host}:{}/{}",
+            enc(&self.username),
+            enc(self.password.expose()),
+            self.port,
+            enc(&self.vhost)
+        );
+        if let Some(heartbeat) = self.options.heartbeat {
+            uri.push_str(&format!("?heartbeat={heartbeat}"));
+        }
+        uri
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<RabbitConfig> {
+        RabbitConfig::from_url(&BrokerUrl::parse(url)?)
+    }
+
+    #[test]
+    fn reads_url_and_options() {
+        let c = parse("amqps://app:p%40ss@mq:5671/prod?queue_type=quorum&publish_channels=4").unwrap();
+        assert!(c.tls);
+        assert_eq!((c.host.as_str(), c.port, c.vhost.as_str()), ("mq", 5671, "prod"));
+        assert_eq!(c.options.queue_type, "quorum");
+        assert_eq!(c.uri(), "amqps://app:p%40ss@mq:5671/prod");
+        let d = parse("amqp://localhost").unwrap();
+        assert_eq!(
+            (d.port, d.vhost.as_str(), d.username.as_str()),
+            (5672, "/", "guest")
+        );
+        assert_eq!(d.uri(), "amqp://guest:guest@localhost:5672/%2F");
+    }
+
+    #[test]
+    fn rejects_bad_options_without_the_password() {
+        for (url, needle) in [
+            ("amqp://u:secretpw@h?queue_typ=quorum", "`queue_typ`"),
+            ("amqp://u:secretpw@h?queue_type=stream", "classic"),
+            ("amqp://u:secretpw@h?durable=maybe", "`maybe`"),
+            ("amqp://u:secretpw@h?publish_channels=0", "at least 1"),
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+            assert!(!err.contains("secretpw"), "{url}: {err}");
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Receiving: a channel per consumer with `basic_qos` prefetch, and the
+//! settle logic (ack, requeue copies, delay queues, dead letters).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::Acker;
+use lapin::Channel;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use mq_core::{
+    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, Subscription, attempts_exhausted_reason,
+    dead_letter_message,
+};
+
+use crate::broker::{Inner, lost};
+use crate::codec;
+use crate::error::map;
+
+/// What a consumer and its deliveries share.
+#[derive(Debug)]
+struct Ctx {
+    inner: Arc<Inner>,
+    sub: Subscription,
+    topic: Arc<str>,
+    group: Arc<str>,
+    queue: String,
+    dead_letter_topic: String,
+}
+
+impl Ctx {
+    /// Publishes `message` on the control channel and waits for the confirm.
+    /// `Ok(false)`: the broker returned it (no queue to route it to).
+    async fn publish_copy(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+        attempt: Option<u32>,
+    ) -> Result<bool> {
+        let inner = &self.inner;
+        inner
+            .retrying(|| async {
+                let (_, channel) = inner.control().await?;
+                let what = format!("publish a copy to `{exchange}`/`{routing_key}`");
+                let options = BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                };
+                let props = codec::properties(message, attempt, inner.config.options.durable);
+                let confirm = channel
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        options,
+                        &message.payload,
+                        props,
+                    )
+                    .await
+                    .map_err(|e| map(e, &what, &inner.endpoint))?
+                    .await
+                    .map_err(|e| map(e, &what, &inner.endpoint))?;
+                match confirm {
+                    Confirmation::Ack(None) => Ok(true),
+                    Confirmation::Ack(Some(_)) => Ok(false),
+                    _ => Err(Error::Backend {
+                        backend: "rabbitmq",
+                        operation: what,
+                        reason: "the broker refused the copy".into(),
+                        retryable: true,
+                        source: None,
+                    }),
+                }
+            })
+            .await
+    }
+
+    async fn dead_letter(&self, message: &Message, attempts: u32, reason: &str) -> Result<()> {
+        let dlq = &self.dead_letter_topic;
+        let dead = dead_letter_message(message, &self.topic, &self.group, attempts, reason);
+        self.inner.declare_topic(dlq).await?;
+        let routing_key = dead
+            .key
+            .clone()
+            .filter(|k| !k.is_empty() && k.len() <= 255)
+            .unwrap_or_else(|| dlq.clone());
+        if self.publish_copy(dlq, &routing_key, &dead, None).await? {
+            return Ok(());
+        }
+        // No group reads the dead-letter topic yet: keep dead letters in a
+        // queue named after it rather than lose them.
+        self.inner
+            .declare_queue(dlq, dlq, self.inner.group_queue_arguments())
+            .await?;
+        if self.publish_copy(dlq, &routing_key, &dead, None).await? {
+            Ok(())
+        } else {
+            Err(Error::backend(
+                "rabbitmq",
+                format!("dead-letter to `{dlq}`"),
+                "the dead letter was returned unroutable",
+            ))
+        }
+    }
+
+    /// Requeues for delivery `attempt + 1` (after `delay`), or dead-letters
+    /// when the attempts are used up.
+    async fn requeue(&self, message: &Message, attempt: u32, delay: Duration) -> Result<()> {
+        if let Some(max) = self
+            .sub
+            .max_attempts
+            .filter(|_| self.sub.attempts_exhausted(attempt))
+        {
+            return self
+                .dead_letter(message, attempt, &attempts_exhausted_reason(max))
+                .await;
+        }
+        let next = attempt.saturating_add(1);
+        let target = if delay.is_zero() {
+            self.queue.clone()
+        } else {
+            // A queue per delay whose messages expire back into the group's
+            // queue: no broker plugin needed.
+            let ms = u64::try_from(delay.as_millis())
+                .unwrap_or(u64::MAX)
+                .min(u64::from(u32::MAX));
+            let name = format!("{}.delay.{ms}", self.queue);
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX)),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from("")),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(LongString::from(self.queue.as_str())),
+            );
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(i64::try_from(ms.saturating_add(60_000)).unwrap_or(i64::MAX)),
+            );
+            self.inner.declare_queue(&name, "", args).await?;
+            name
+        };
+        if self.publish_copy("", &target, message, Some(next)).await? {
+            Ok(())
+        } else {
+            Err(Error::backend(
+                "rabbitmq",
+                format!("requeue to `{target}`"),
+                "the copy was returned unroutable",
+            ))
+        }
+    }
+}
+
+/// A consumer of a [`RabbitBroker`](crate::RabbitBroker) subscription: a
+/// channel of its own consuming the group's queue with `basic_qos` set to
+/// the prefetch. Closing it (or dropping it) closes the channel, and
+/// RabbitMQ hands its unacked deliveries to the group's other consumers.
+/// After a lost connection it consumes again on the next one; deliveries
+/// from the lost channel can no longer be settled (RabbitMQ delivers them
+/// again).
+#[derive(Debug)]
+pub struct RabbitConsumer {
+    ctx: Arc<Ctx>,
+    channel: Channel,
+    stream: lapin::Consumer,
+    tag: String,
+    closed: bool,
+}
+
+impl RabbitConsumer {
+    pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription) -> Result<Self> {
+        let ctx = Arc::new(Ctx {
+            queue: format!("{}.{}", sub.topic, sub.group),
+            dead_letter_topic: sub.dead_letter_topic(),
+            topic: sub.topic.as_str().into(),
+            group: sub.group.as_str().into(),
+            inner,
+            sub,
+        });
+        let (channel, stream, tag) = ctx.inner.retrying(|| attach(&ctx)).await?;
+        Ok(RabbitConsumer {
+            ctx,
+            channel,
+            stream,
+            tag,
+            closed: false,
+        })
+    }
+
+    async fn reattach(&mut self) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let (channel, stream, tag) = ctx.inner.retrying(|| attach(&ctx)).await?;
+        self.channel = channel;
+        self.stream = stream;
+        self.tag = tag;
+        Ok(())
+    }
+}
+
+/// Declares the topology and starts consuming on a new channel.
+async fn attach(ctx: &Ctx) -> Result<(Channel, lapin::Consumer, String)> {
+    let inner = &ctx.inner;
+    inner.declare_topic(&ctx.sub.topic).await?;
+    inner
+        .declare_queue(&ctx.queue, &ctx.sub.topic, inner.group_queue_arguments())
+        .await?;
+    let (_, conn) = inner.connection().await?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|e| map(e, "open a channel", &inner.endpoint))?;
+    let prefetch = u16::try_from(ctx.sub.prefetch.max(1)).unwrap_or(u16::MAX);
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| map(e, "set the prefetch (basic_qos)", &inner.endpoint))?;
+    let tag = format!("mq-{}", mq_core::new_id());
+    let stream = channel
+        .basic_consume(
+            ctx.queue.as_str().into(),
+            ShortString::from(tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| map(e, &format!("consume queue `{}`", ctx.queue), &inner.endpoint))?;
+    Ok((channel, stream, tag))
+}
+
+async fn close_channel(channel: Channel, tag: String) {
+    if channel.status().connected() {
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        // Closing the channel gives its unacked deliveries back to the queue.
+        let _ = channel.close(200, "mq: consumer closed".into()).await;
+    }
+}
+
+#[async_trait]
+impl Consumer for RabbitConsumer {
+    async fn recv(&mut self) -> Result<Option<Delivery>> {
+        loop {
+            if self.closed || self.ctx.inner.is_closed() {
+                return Ok(None);
+            }
+            match self.stream.next().await {
+                Some(Ok(d)) => {
+                    let (message, attempt) = codec::decode(&d.properties, d.data, d.redelivered);
+                    let handle = RabbitAck {
+                        ctx: self.ctx.clone(),
+                        acker: d.acker,
+                    };
+                    return Ok(Some(Delivery::new(
+                        message,
+                        attempt,
+                        self.ctx.topic.clone(),
+                        self.ctx.group.clone(),
+                        Box::new(handle),
+                    )));
+                }
+                Some(Err(e)) if !lost(&e) => {
+                    return Err(map(
+                        e,
+                        &format!("consume queue `{}`", self.ctx.queue),
+                        &self.ctx.inner.endpoint,
+                    ));
+                }
+                // The channel or connection went away: consume again on a new one.
+                Some(Err(_)) | None => {
+                    if self.closed || self.ctx.inner.is_closed() {
+                        return Ok(None);
+                    }
+                    tracing::warn!(queue = %self.ctx.queue, "consumer channel lost; consuming again");
+                    self.reattach().await?;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if !self.closed {
+            self.closed = true;
+            close_channel(self.channel.clone(), self.tag.clone()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RabbitConsumer {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(close_channel(self.channel.clone(), self.tag.clone()));
+        }
+    }
+}
+
+/// Settles one delivery on the channel it came from.
+#[derive(Debug)]
+struct RabbitAck {
+    ctx: Arc<Ctx>,
+    acker: Acker,
+}
+
+impl RabbitAck {
+    async fn ack_original(&self, delivery: &Delivery) -> Result<()> {
+        self.ctx.inner.check_open()?;
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if lost(&e) => Err(Error::DeliveryExpired {
+                id: delivery.message().id.clone(),
+                reason: format!(
+                    "the channel it came on (queue `{}`) closed; RabbitMQ delivers it again",
+                    self.ctx.queue
+                ),
+            }),
+            Err(e) => Err(map(
+                e,
+                &format!("ack on queue `{}`", self.ctx.queue),
+                &self.ctx.inner.endpoint,
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl AckHandle for RabbitAck {
+    async fn ack(&self, delivery: &Delivery) -> Result<()> {
+        self.ack_original(delivery).await
+    }
+
+    async fn nack(&self, delivery: &Delivery, nack: Nack) -> Result<()> {
+        self.ctx.inner.check_open()?;
+        let (message, attempt) = (delivery.message(), delivery.attempt());
+        // The copy first, then the ack: a failure in between duplicates, never loses.
+        match nack {
+            Nack::DeadLetter { reason } => self.ctx.dead_letter(message, attempt, &reason).await?,
+            Nack::Requeue { delay } => self.ctx.requeue(message, attempt, delay).await?,
+            _ => self.ctx.requeue(message, attempt, Duration::ZERO).await?,
+        }
+        self.ack_original(delivery).await
+    }
+}

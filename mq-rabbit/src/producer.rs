@@ -1,0 +1,215 @@
+//! Sending: pipelined publishes on confirm channels, confirms awaited together.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use lapin::Channel;
+use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
+
+use crate::broker::Inner;
+use crate::codec;
+use crate::error::map;
+
+/// A producer of a [`RabbitBroker`](crate::RabbitBroker).
+///
+/// It has its own confirm channels (`publish_channels`, 2 by default),
+/// used in turn, so concurrent producers do not queue behind one another.
+/// `send` returns once the broker confirmed the message; a message no queue
+/// would receive (no group on the topic) is returned by the broker and is
+/// an error naming the topic. A publish lost with the connection is sent
+/// again on the next one (it may then arrive twice; none is lost).
+#[derive(Debug)]
+pub struct RabbitProducer {
+    inner: Arc<Inner>,
+    options: ProducerOptions,
+    channels: Vec<tokio::sync::Mutex<Option<(u64, Channel)>>>,
+    next: AtomicUsize,
+    seq: AtomicU64,
+}
+
+impl RabbitProducer {
+    pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
+        let n = inner.config.options.publish_channels.max(1);
+        RabbitProducer {
+            channels: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            inner,
+            options,
+            next: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        let mut slot = self.channels[i].lock().await;
+        if let Some((_, channel)) = slot.as_ref() {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        let fresh = self.inner.confirm_channel().await?;
+        let channel = fresh.1.clone();
+        *slot = Some(fresh);
+        Ok(channel)
+    }
+
+    fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
+        self.inner.check_open()?;
+        if topic.is_empty() {
+            return Err(Error::InvalidOption {
+                backend: "rabbitmq",
+                option: "topic".into(),
+                reason: "the topic name is empty".into(),
+            });
+        }
+        let limit = self.inner.config.options.max_message_bytes;
+        if let Some(m) = messages.iter().find(|m| m.encoded_len() > limit) {
+            return Err(Error::TooLarge {
+                topic: topic.to_string(),
+                size: m.encoded_len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes `messages` (those not confirmed yet) and records receipts.
+    async fn publish_pending(
+        &self,
+        topic: &str,
+        messages: &[Message],
+        receipts: &mut [Option<Receipt>],
+    ) -> Result<()> {
+        self.inner.declare_topic(topic).await?;
+        let channel = self.channel().await?;
+        let durable = self.inner.config.options.durable;
+        let endpoint = &self.inner.endpoint;
+        let mut confirms = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            if receipts[i].is_some() {
+                continue;
+            }
+            let routing_key = match &message.key {
+                Some(key) if !key.is_empty() && key.len() <= 255 => key.as_str(),
+                _ => topic,
+            };
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = channel
+                .basic_publish(
+                    topic.into(),
+                    routing_key.into(),
+                    options,
+                    &message.payload,
+                    codec::properties(message, None, durable),
+                )
+                .await
+                .map_err(|e| map(e, &format!("publish to `{topic}`"), endpoint))?;
+            confirms.push((i, confirm));
+        }
+        let (indexes, futures): (Vec<usize>, Vec<_>) = confirms.into_iter().unzip();
+        let outcomes = futures::future::join_all(futures).await;
+        let mut first_error = None;
+        for (i, outcome) in indexes.into_iter().zip(outcomes) {
+            let result = match outcome {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(_))) => Err(Error::Backend {
+                    backend: "rabbitmq",
+                    operation: format!("publish to `{topic}`"),
+                    reason: format!(
+                        "unroutable: no queue is bound to exchange `{topic}` (subscribe a group to the topic first)"
+                    ),
+                    retryable: false,
+                    source: None,
+                }),
+                Ok(Confirmation::Nack(_)) => Err(Error::Backend {
+                    backend: "rabbitmq",
+                    operation: format!("publish to `{topic}`"),
+                    reason: "the broker refused the message (nack)".into(),
+                    retryable: true,
+                    source: None,
+                }),
+                Ok(Confirmation::NotRequested) => Err(Error::backend(
+                    "rabbitmq",
+                    format!("publish to `{topic}`"),
+                    "the channel did not confirm",
+                )),
+                Err(e) => Err(map(e, &format!("confirm of a publish to `{topic}`"), endpoint)),
+            };
+            match result {
+                Ok(()) => {
+                    let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                    receipts[i] = Some(Receipt::new(
+                        topic,
+                        messages[i].id.clone(),
+                        Position::Sequence(seq),
+                    ));
+                }
+                Err(e) => {
+                    // Keep the most telling error: a lost connection is retried, the rest is not.
+                    if first_error
+                        .as_ref()
+                        .is_none_or(|f: &Error| matches!(f, Error::Connection { .. }))
+                    {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn publish(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {
+        self.check(topic, messages)?;
+        let mut receipts: Vec<Option<Receipt>> = vec![None; messages.len()];
+        let work = async {
+            let started = tokio::time::Instant::now();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                // Only what was not confirmed yet is published again.
+                match self.publish_pending(topic, messages, &mut receipts).await {
+                    Ok(()) => return Ok(()),
+                    Err(err) => match self.inner.retry_delay(attempt, started, &err) {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => return Err(err),
+                    },
+                }
+            }
+        };
+        match self.options.send_timeout {
+            None => work.await?,
+            Some(after) => tokio::time::timeout(after, work)
+                .await
+                .map_err(|_| Error::Timeout {
+                    operation: format!("publish to `{topic}`"),
+                    after,
+                })??,
+        }
+        Ok(receipts.into_iter().flatten().collect())
+    }
+}
+
+#[async_trait]
+impl Producer for RabbitProducer {
+    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let mut receipts = self.publish(topic, std::slice::from_ref(&message)).await?;
+        receipts
+            .pop()
+            .ok_or_else(|| Error::backend("rabbitmq", format!("publish to `{topic}`"), "no confirmation"))
+    }
+
+    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        self.publish(topic, &messages).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Every send waits for its confirmation: nothing is left in flight.
+        self.inner.check_open()
+    }
+}
