@@ -1,11 +1,12 @@
 //! Shared set-up for the examples: a registry with every backend this build
 //! includes.
 
-/// A registry with every backend compiled into the examples: `memory://`
-/// and `redis://`; the other adapters as they become available.
+/// A registry with every backend compiled into the examples: `memory://`,
+/// `redis://` and `amqp://`; Kafka once its adapter exists.
 pub fn registry() -> mq_core::Registry {
     let mut registry = mq_core::Registry::new();
     mq_memory::register(&mut registry);
     mq_redis::register(&mut registry);
+    mq_rabbit::register(&mut registry);
     registry
 }

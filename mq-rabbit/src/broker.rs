@@ -105,6 +105,12 @@ impl RabbitBroker {
         &self.inner.config
     }
 
+    /// How many connections this broker has made: 1 until a lost connection
+    /// is replaced (for monitoring reconnects).
+    pub fn connection_generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
     /// The current lapin connection, reconnecting if needed: an escape hatch
     /// for what mq does not offer.
     ///
@@ -134,10 +140,10 @@ impl Inner {
     pub(crate) async fn connection(&self) -> Result<(u64, Arc<Connection>)> {
         self.check_open()?;
         let mut conn = self.conn.lock().await;
-        if let Some((generation, c)) = conn.as_ref() {
-            if c.status().connected() {
-                return Ok((*generation, c.clone()));
-            }
+        if let Some((generation, c)) = conn.as_ref()
+            && c.status().connected()
+        {
+            return Ok((*generation, c.clone()));
         }
         let started = Instant::now();
         let mut attempt = 0;
@@ -195,10 +201,11 @@ impl Inner {
     /// The control channel (topology, requeue copies, dead letters).
     pub(crate) async fn control(&self) -> Result<(u64, Channel)> {
         let mut control = self.control.lock().await;
-        if let Some((generation, channel)) = control.as_ref() {
-            if channel.status().connected() && *generation == self.generation.load(Ordering::Acquire) {
-                return Ok((*generation, channel.clone()));
-            }
+        if let Some((generation, channel)) = control.as_ref()
+            && channel.status().connected()
+            && *generation == self.generation.load(Ordering::Acquire)
+        {
+            return Ok((*generation, channel.clone()));
         }
         let fresh = self.confirm_channel().await?;
         *control = Some(fresh.clone());
@@ -420,12 +427,12 @@ impl Broker for RabbitBroker {
             return Ok(());
         }
         let conn = self.inner.conn.lock().await.take();
-        if let Some((_, conn)) = conn {
-            if conn.status().connected() {
-                conn.close(200, "mq: broker closed".into())
-                    .await
-                    .map_err(|e| map(e, "close the connection", &self.inner.endpoint))?;
-            }
+        if let Some((_, conn)) = conn
+            && conn.status().connected()
+        {
+            conn.close(200, "mq: broker closed".into())
+                .await
+                .map_err(|e| map(e, "close the connection", &self.inner.endpoint))?;
         }
         Ok(())
     }

@@ -35,6 +35,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `tls` | `amqps://` through rustls (ring) with the webpki roots |
+//! | `testcontainers` | `testing::TestRabbit`: a RabbitMQ 4.1 container for tests when `MQ_TEST_AMQP_URL` is unset and Docker is there |
 
 mod broker;
 mod codec;
@@ -42,6 +43,8 @@ mod config;
 mod consumer;
 mod error;
 mod producer;
+#[cfg(feature = "testcontainers")]
+pub mod testing;
 
 pub use broker::{RabbitBroker, RabbitConnector, register};
 pub use config::{RabbitConfig, RabbitOptions};

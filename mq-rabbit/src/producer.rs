@@ -45,10 +45,10 @@ impl RabbitProducer {
     async fn channel(&self) -> Result<Channel> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         let mut slot = self.channels[i].lock().await;
-        if let Some((_, channel)) = slot.as_ref() {
-            if channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        if let Some((_, channel)) = slot.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
         }
         let fresh = self.inner.confirm_channel().await?;
         let channel = fresh.1.clone();

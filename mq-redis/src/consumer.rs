@@ -404,10 +404,10 @@ async fn read_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<Delivery>>) {
     let mut failures = 0u32;
     while !shared.is_stopped() {
         if Instant::now() >= next_housekeeping {
-            if let Err(e) = housekeeping(&shared, &tx, &mut claim_from).await {
-                if report(&shared, &tx, e, &mut failures).await.is_err() {
-                    return;
-                }
+            if let Err(e) = housekeeping(&shared, &tx, &mut claim_from).await
+                && report(&shared, &tx, e, &mut failures).await.is_err()
+            {
+                return;
             }
             next_housekeeping = Instant::now() + interval;
         }
@@ -514,7 +514,7 @@ async fn report(
 ) -> std::result::Result<(), ()> {
     *failures += 1;
     tracing::warn!(topic = %shared.topic, group = %shared.group, error = %error, failures = *failures, "redis consumer failure; retrying");
-    if *failures % 5 == 0 {
+    if (*failures).is_multiple_of(5) {
         tx.send(Err(error)).await.map_err(|_| ())?;
     }
     let backoff = Duration::from_millis(100 * u64::from((*failures).min(10)));

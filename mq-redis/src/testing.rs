@@ -38,13 +38,13 @@ impl TestRedis {
     /// [`Error::Connection`] saying how to provide a server when neither is
     /// available.
     pub async fn start() -> Result<Self> {
-        if let Ok(url) = std::env::var("MQ_TEST_REDIS_URL") {
-            if !url.trim().is_empty() {
-                return Ok(TestRedis {
-                    url,
-                    _container: None,
-                });
-            }
+        if let Ok(url) = std::env::var("MQ_TEST_REDIS_URL")
+            && !url.trim().is_empty()
+        {
+            return Ok(TestRedis {
+                url,
+                _container: None,
+            });
         }
         let unavailable = |reason: String| Error::Connection {
             backend: "redis",

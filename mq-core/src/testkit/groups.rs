@@ -186,7 +186,7 @@ pub async fn concurrent_subscribers_lose_nothing(broker: Arc<dyn Broker>) {
                         acked.lock().unwrap().insert(d.message().id.clone());
                     }
                 }
-                if round % 2 == 0 {
+                if round.is_multiple_of(2) {
                     consumer.close().await.expect("close");
                 } else {
                     drop(consumer);

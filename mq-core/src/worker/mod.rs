@@ -363,10 +363,10 @@ impl Shared {
         }
         match self.run(delivery, handler).await {
             Ok(()) => {
-                if let Guarantee::EffectivelyOnce { store, ttl } = &self.guarantee {
-                    if let Err(e) = store.mark(&message.id, *ttl).await {
-                        tracing::warn!(id = %message.id, error = %e, "worker: could not record the id as processed");
-                    }
+                if let Guarantee::EffectivelyOnce { store, ttl } = &self.guarantee
+                    && let Err(e) = store.mark(&message.id, *ttl).await
+                {
+                    tracing::warn!(id = %message.id, error = %e, "worker: could not record the id as processed");
                 }
                 self.counters.handled.fetch_add(1, Ordering::Relaxed);
                 settle(delivery.ack().await);

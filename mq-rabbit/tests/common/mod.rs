@@ -21,8 +21,13 @@ pub(crate) fn url() -> String {
 pub(crate) fn config(extra: &str) -> RabbitConfig {
     let base = url();
     let sep = if base.contains('?') { '&' } else { '?' };
-    let full = if extra.is_empty() { base } else { format!("{base}{sep}{extra}") };
-    RabbitConfig::from_url(&BrokerUrl::parse(&full).expect("test URL parses")).expect("test URL is an AMQP URL")
+    let full = if extra.is_empty() {
+        base
+    } else {
+        format!("{base}{sep}{extra}")
+    };
+    RabbitConfig::from_url(&BrokerUrl::parse(&full).expect("test URL parses"))
+        .expect("test URL is an AMQP URL")
 }
 
 /// A fresh broker with extra query options.
@@ -34,7 +39,53 @@ pub(crate) async fn rabbit_broker(extra: &str) -> RabbitBroker {
         .unwrap_or_else(|e| panic!("cannot connect to the test RabbitMQ at {shown}: {e}"))
 }
 
-/// A fresh broker connection to the test server.
+/// A fresh broker connection to the test server; with the
+/// `testcontainers` feature and no `MQ_TEST_AMQP_URL`, a container of its own.
 pub(crate) async fn broker() -> Arc<dyn Broker> {
+    #[cfg(feature = "testcontainers")]
+    if std::env::var("MQ_TEST_AMQP_URL").map_or(true, |u| u.trim().is_empty()) {
+        let server = mq_rabbit::testing::TestRabbit::start()
+            .await
+            .unwrap_or_else(|e| panic!("no RabbitMQ to test against: {e}"));
+        let url = BrokerUrl::parse(server.url()).expect("container URL");
+        let broker = RabbitBroker::connect(RabbitConfig::from_url(&url).expect("AMQP URL"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the RabbitMQ container: {e}"));
+        return Arc::new(WithServer {
+            broker,
+            _server: server,
+        });
+    }
     Arc::new(rabbit_broker("").await)
+}
+
+/// A broker that owns the container it talks to.
+#[cfg(feature = "testcontainers")]
+#[derive(Debug)]
+struct WithServer {
+    broker: RabbitBroker,
+    _server: mq_rabbit::testing::TestRabbit,
+}
+
+#[cfg(feature = "testcontainers")]
+#[mq_core::async_trait]
+impl Broker for WithServer {
+    fn name(&self) -> &'static str {
+        self.broker.name()
+    }
+    fn capabilities(&self) -> mq_core::Capabilities {
+        self.broker.capabilities()
+    }
+    async fn producer(
+        &self,
+        options: mq_core::ProducerOptions,
+    ) -> mq_core::Result<Box<dyn mq_core::Producer>> {
+        self.broker.producer(options).await
+    }
+    async fn subscribe(&self, sub: mq_core::Subscription) -> mq_core::Result<Box<dyn mq_core::Consumer>> {
+        self.broker.subscribe(sub).await
+    }
+    async fn close(&self) -> mq_core::Result<()> {
+        self.broker.close().await
+    }
 }

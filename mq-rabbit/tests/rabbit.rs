@@ -1,0 +1,389 @@
+//! Behaviour specific to RabbitMQ: routing by key, unroutable publishes,
+//! delay queues, quorum queues, killed connections, and bad input.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers panic on failure by design
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use mq_core::{Broker, BrokerUrl, Error, Message, Nack, Producer, ProducerOptions, Registry, Subscription};
+use mq_rabbit::{RabbitBroker, RabbitConfig};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn topic(what: &str) -> String {
+    mq_core::testkit::unique(what)
+}
+
+async fn recv(consumer: &mut dyn mq_core::Consumer) -> mq_core::Delivery {
+    tokio::time::timeout(BOUND, consumer.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("recv")
+        .expect("consumer open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_routed_by_their_key() {
+    let broker = common::rabbit_broker("").await;
+    let topic = topic("routing");
+    // A group makes the exchange; a raw queue bound with `eu.#` sees only EU keys.
+    let _group = broker.subscribe(Subscription::new(&topic, "all")).await.unwrap();
+    let conn = broker.connection().await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let raw_queue = format!("{topic}.raw-eu");
+    channel
+        .queue_declare(
+            raw_queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            raw_queue.as_str().into(),
+            topic.as_str().into(),
+            "eu.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let eu = producer
+        .send(&topic, Message::new("1").with_key("eu.fr.paris"))
+        .await
+        .unwrap()
+        .id;
+    producer
+        .send(&topic, Message::new("2").with_key("us.ny"))
+        .await
+        .unwrap();
+    producer.send(&topic, Message::new("3")).await.unwrap();
+    let mut raw = channel
+        .basic_consume(
+            raw_queue.as_str().into(),
+            "raw".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(BOUND, raw.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some(eu.as_str())
+    );
+    assert_eq!(first.routing_key.as_str(), "eu.fr.paris");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), raw.next())
+            .await
+            .is_err(),
+        "other keys are not routed there"
+    );
+}
+
+#[tokio::test]
+async fn unroutable_publish_is_an_error_naming_the_topic() {
+    let broker = common::rabbit_broker("").await;
+    let topic = topic("unroutable");
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let err = producer
+        .send(&topic, Message::new("nobody listens"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&topic) && text.contains("unroutable"), "{text}");
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_requeue_goes_through_a_ttl_queue() {
+    let broker = common::rabbit_broker("").await;
+    let topic = topic("delay");
+    let mut consumer = broker.subscribe(Subscription::new(&topic, "g")).await.unwrap();
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let id = producer.send(&topic, Message::new("later")).await.unwrap().id;
+    let d = recv(consumer.as_mut()).await;
+    let nacked = Instant::now();
+    d.nack(Nack::requeue_after(Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    // The copy waits in the delay queue, not in the group's queue.
+    let channel = broker.connection().await.unwrap().create_channel().await.unwrap();
+    let delay_queue = channel
+        .queue_declare(
+            format!("{topic}.g.delay.1500").as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the delay queue exists");
+    assert_eq!(delay_queue.message_count(), 1);
+    let again = recv(consumer.as_mut()).await;
+    assert!(
+        nacked.elapsed() >= Duration::from_millis(1500),
+        "back after {:?}",
+        nacked.elapsed()
+    );
+    assert_eq!((again.message().id.as_str(), again.attempt()), (id.as_str(), 2));
+    again.ack().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_work_and_count_redeliveries() {
+    let broker = common::rabbit_broker("queue_type=quorum").await;
+    let topic = topic("quorum");
+    let sub = || Subscription::new(&topic, "g").ack_timeout(Duration::from_secs(1));
+    let mut first = broker.subscribe(sub()).await.unwrap();
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let id = producer.send(&topic, Message::new("q")).await.unwrap().id;
+    let d = recv(first.as_mut()).await;
+    assert_eq!(d.attempt(), 1);
+    d.nack(Nack::requeue()).await.unwrap();
+    let d = recv(first.as_mut()).await;
+    assert_eq!((d.message().id.as_str(), d.attempt()), (id.as_str(), 2));
+    drop(d);
+    first.close().await.unwrap(); // returned by the broker: x-delivery-count counts it
+    let mut second = broker.subscribe(sub()).await.unwrap();
+    let d = recv(second.as_mut()).await;
+    assert_eq!(d.message().id, id);
+    assert!(
+        d.attempt() >= 3,
+        "attempt after a requeue and a return: {}",
+        d.attempt()
+    );
+    d.ack().await.unwrap();
+    // The queue really is a quorum queue.
+    let channel = broker.connection().await.unwrap().create_channel().await.unwrap();
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("classic".into()),
+    );
+    let err = channel
+        .queue_declare(
+            format!("{topic}.g").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            classic,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("x-queue-type"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_connections_lose_no_confirmed_message() {
+    const N: usize = 5000;
+    // Only this test's connection is closed: other tests share the server.
+    let connection_name = format!("mq-fault-{}", &mq_core::new_id()[24..]);
+    let broker = common::rabbit_broker(&format!("connection_name={connection_name}")).await;
+    let topic = topic("fault");
+    let mut consumer = broker
+        .subscribe(Subscription::new(&topic, "g").prefetch(200))
+        .await
+        .unwrap();
+    let producer: Arc<dyn Producer> = Arc::from(broker.producer(ProducerOptions::default()).await.unwrap());
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = tokio::spawn({
+        let (producer, topic, progress) = (producer.clone(), topic.clone(), progress.clone());
+        async move {
+            let mut confirmed = HashSet::new();
+            let mut failed = 0;
+            for chunk in 0..(N / 50) {
+                let batch: Vec<Message> = (0..50)
+                    .map(|i| Message::new(format!("{}", chunk * 50 + i)))
+                    .collect();
+                match producer.send_batch(&topic, batch).await {
+                    Ok(receipts) => confirmed.extend(receipts.into_iter().map(|r| r.id)),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("batch {chunk} failed: {e}");
+                    }
+                }
+                progress.store(confirmed.len(), std::sync::atomic::Ordering::Release);
+                // Paced, so the kills (rabbitmqctl takes a second or two) land mid-stream.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (confirmed, failed)
+        }
+    });
+    let killer = tokio::task::spawn_blocking(move || {
+        let mut kills = 0;
+        for at in [1000, 2500] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while progress.load(std::sync::atomic::Ordering::Acquire) < at && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            kills += close_connections_named(&connection_name);
+        }
+        kills
+    });
+    let mut sender = sender;
+    let mut confirmed: Option<(HashSet<String>, usize)> = None;
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if confirmed.is_none() && sender.is_finished() {
+            confirmed = Some((&mut sender).await.unwrap());
+        }
+        if confirmed.as_ref().is_some_and(|(c, _)| c.is_subset(&got)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {} messages consumed", got.len());
+        match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            Ok(Ok(Some(d))) => {
+                got.insert(d.message().id.clone());
+                let _ = d.ack().await; // an ack on a lost channel fails; the message comes again
+            }
+            Ok(Ok(None)) => panic!("the consumer ended"),
+            Ok(Err(e)) => eprintln!("recv failed: {e}"),
+            Err(_) => {}
+        }
+    }
+    let kills = killer.await.unwrap();
+    let (confirmed, failed) = confirmed.unwrap();
+    eprintln!(
+        "closed the connection from the server {kills} times ({} connections made); {} of {N} confirmed, {failed} batches failed, {} distinct consumed",
+        broker.connection_generation(),
+        confirmed.len(),
+        got.len()
+    );
+    assert!(
+        broker.connection_generation() >= 2,
+        "the connection was really lost and replaced"
+    );
+    assert_eq!(
+        failed, 0,
+        "publishes in flight when the connection dropped were sent again"
+    );
+    assert_eq!(confirmed.len(), N);
+    assert!(confirmed.is_subset(&got), "every confirmed message was consumed");
+}
+
+/// Closes, from the server side (`rabbitmqctl close_connection`), every
+/// connection whose client-given name is `name`; returns how many.
+fn close_connections_named(name: &str) -> usize {
+    let rabbitmqctl = |args: &[&str]| {
+        let out = Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl on PATH (scripts/test.sh installs rabbitmq-server)");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The client-given name is among the client properties (RabbitMQ 3.x
+    // has no column of its own for it).
+    let listing = rabbitmqctl(&[
+        "-q",
+        "list_connections",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
+    let mut closed = 0;
+    for line in listing.lines() {
+        if let Some((pid, properties)) = line.split_once('\t')
+            && properties.contains(&format!("{{\"connection_name\",\"{name}\"}}"))
+        {
+            rabbitmqctl(&["close_connection", pid, "mq fault injection"]);
+            closed += 1;
+        }
+    }
+    closed
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_without_the_password() {
+    let url = BrokerUrl::parse("amqp://guest:not-the-password-42@127.0.0.1:5672/%2f?retries=0").unwrap();
+    let err = RabbitBroker::connect(RabbitConfig::from_url(&url).unwrap())
+        .await
+        .unwrap_err();
+    let text = format!("{err} / {err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{text}");
+    assert!(!text.contains("not-the-password-42"), "{text}");
+}
+
+#[tokio::test]
+async fn unreachable_port_fails_within_a_bounded_time() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = BrokerUrl::parse(&format!(
+        "amqp://u:pw@127.0.0.1:{port}?retries=2&connect_timeout_ms=500"
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let err = RabbitBroker::connect(RabbitConfig::from_url(&url).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn conflicting_queue_arguments_name_the_queue() {
+    let topic = topic("conflict");
+    let classic = common::rabbit_broker("").await;
+    let _c = classic.subscribe(Subscription::new(&topic, "g")).await.unwrap();
+    let quorum = common::rabbit_broker("queue_type=quorum").await;
+    let err = quorum
+        .subscribe(Subscription::new(&topic, "g"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&format!("{topic}.g")), "names the queue: {text}");
+    assert!(
+        text.contains("PRECONDITION_FAILED") || text.contains("inequivalent"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_option_is_a_clear_error() {
+    let mut registry = Registry::new();
+    mq_rabbit::register(&mut registry);
+    let err = registry
+        .connect("amqp://guest:secret@127.0.0.1?prefetchh=5")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("`prefetchh`") && text.contains("queue_type"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"));
+}
