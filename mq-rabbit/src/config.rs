@@ -14,6 +14,8 @@ use serde::Deserialize;
 /// | `durable` | durable exchanges and queues, persistent messages | `true` |
 /// | `exchange_type` | `topic`, `direct` or `fanout` exchange per topic | `topic` |
 /// | `publish_channels` | confirm channels per producer | 2 |
+/// | `confirm_window` | most unconfirmed publishes per producer | 1000 |
+/// | `prefetch` | cap on every consumer's prefetch (`basic_qos`) | none |
 /// | `max_message_bytes` | largest message accepted | 134217728 |
 /// | `connection_name` | shown in the management UI | `mq` |
 /// | `connect_timeout_ms` | time to connect (each try) | 5000 |
@@ -60,6 +62,10 @@ pub struct RabbitOptions {
     pub exchange_type: String,
     /// Confirm channels per producer.
     pub publish_channels: usize,
+    /// Most unconfirmed publishes per producer.
+    pub confirm_window: usize,
+    /// Cap on every consumer's prefetch.
+    pub prefetch: Option<usize>,
     /// Largest message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Connection name.
@@ -79,6 +85,8 @@ impl Default for RabbitOptions {
             durable: true,
             exchange_type: "topic".into(),
             publish_channels: 2,
+            confirm_window: 1000,
+            prefetch: None,
             max_message_bytes: 128 * 1024 * 1024,
             connection_name: "mq".into(),
             connect_timeout_ms: 5000,
@@ -95,6 +103,8 @@ impl RabbitOptions {
         "durable",
         "exchange_type",
         "publish_channels",
+        "confirm_window",
+        "prefetch",
         "max_message_bytes",
         "connection_name",
         "connect_timeout_ms",
@@ -183,6 +193,20 @@ impl RabbitConfig {
             }
             options.publish_channels = v;
         }
+        for (name, slot) in [("confirm_window", &mut options.confirm_window)] {
+            if let Some(v) = url.parse_option::<usize>("rabbitmq", name)? {
+                if v == 0 {
+                    return Err(invalid_option(name, "must be at least 1"));
+                }
+                *slot = v;
+            }
+        }
+        if let Some(v) = url.parse_option::<usize>("rabbitmq", "prefetch")? {
+            if v == 0 || v > usize::from(u16::MAX) {
+                return Err(invalid_option("prefetch", "must be from 1 to 65535"));
+            }
+            options.prefetch = Some(v);
+        }
         if let Some(v) = url.parse_option("rabbitmq", "max_message_bytes")? {
             options.max_message_bytes = v;
         }
@@ -269,6 +293,8 @@ mod tests {
             ("amqp://u:secretpw@h?queue_type=stream", "classic"),
             ("amqp://u:secretpw@h?durable=maybe", "`maybe`"),
             ("amqp://u:secretpw@h?publish_channels=0", "at least 1"),
+            ("amqp://u:secretpw@h?confirm_window=0", "at least 1"),
+            ("amqp://u:secretpw@h?prefetch=70000", "1 to 65535"),
         ] {
             let err = parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");

@@ -220,7 +220,8 @@ async fn attach(ctx: &Ctx) -> Result<(Channel, lapin::Consumer, String)> {
         .create_channel()
         .await
         .map_err(|e| map(e, "open a channel", &inner.endpoint))?;
-    let prefetch = u16::try_from(ctx.sub.prefetch.max(1)).unwrap_or(u16::MAX);
+    let cap = inner.config.options.prefetch.unwrap_or(usize::MAX);
+    let prefetch = u16::try_from(ctx.sub.prefetch.min(cap).max(1)).unwrap_or(u16::MAX);
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await

@@ -28,17 +28,21 @@ pub struct RabbitProducer {
     channels: Vec<tokio::sync::Mutex<Option<(u64, Channel)>>>,
     next: AtomicUsize,
     seq: AtomicU64,
+    /// Bounds unconfirmed publishes (`confirm_window`).
+    window: Arc<tokio::sync::Semaphore>,
 }
 
 impl RabbitProducer {
     pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
         let n = inner.config.options.publish_channels.max(1);
+        let window = inner.config.options.confirm_window.max(1);
         RabbitProducer {
             channels: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
             inner,
             options,
             next: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
+            window: Arc::new(tokio::sync::Semaphore::new(window)),
         }
     }
 
@@ -83,15 +87,41 @@ impl RabbitProducer {
         messages: &[Message],
         receipts: &mut [Option<Receipt>],
     ) -> Result<()> {
+        // At most `confirm_window` unconfirmed publishes per producer. Each
+        // chunk takes its permits at once, so concurrent batches cannot
+        // deadlock each holding part of the window.
+        let window = self.inner.config.options.confirm_window.max(1);
+        let pending: Vec<usize> = (0..messages.len()).filter(|i| receipts[*i].is_none()).collect();
+        for chunk in pending.chunks(window) {
+            let permits = self
+                .window
+                .clone()
+                .acquire_many_owned(u32::try_from(chunk.len()).unwrap_or(u32::MAX))
+                .await
+                .map_err(|_| Error::closed("rabbitmq producer"))?;
+            let result = self.publish_chunk(topic, messages, chunk, receipts).await;
+            drop(permits);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the messages at the indexes in `chunk`, then waits for
+    /// their confirms together.
+    async fn publish_chunk(
+        &self,
+        topic: &str,
+        messages: &[Message],
+        chunk: &[usize],
+        receipts: &mut [Option<Receipt>],
+    ) -> Result<()> {
         self.inner.declare_topic(topic).await?;
         let channel = self.channel().await?;
         let durable = self.inner.config.options.durable;
         let endpoint = &self.inner.endpoint;
         let mut confirms = Vec::new();
-        for (i, message) in messages.iter().enumerate() {
-            if receipts[i].is_some() {
-                continue;
-            }
+        for &i in chunk {
+            let message = &messages[i];
             let routing_key = match &message.key {
                 Some(key) if !key.is_empty() && key.len() <= 255 => key.as_str(),
                 _ => topic,

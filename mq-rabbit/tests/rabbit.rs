@@ -387,3 +387,68 @@ async fn unknown_option_is_a_clear_error() {
     );
     assert!(!text.contains("secret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_the_confirm_window_go_through_concurrently() {
+    let broker = common::rabbit_broker("confirm_window=10").await;
+    let topic = topic("window");
+    let mut consumer = broker
+        .subscribe(Subscription::new(&topic, "g").prefetch(500))
+        .await
+        .unwrap();
+    let producer: Arc<dyn Producer> = Arc::from(broker.producer(ProducerOptions::default()).await.unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..3 {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<Message> = (0..95).map(|i| Message::new(format!("{t}-{i}"))).collect();
+            producer.send_batch(&topic, batch).await
+        }));
+    }
+    let mut sent = HashSet::new();
+    for t in tasks {
+        let receipts = tokio::time::timeout(BOUND, t)
+            .await
+            .expect("no deadlock")
+            .unwrap()
+            .unwrap();
+        assert_eq!(receipts.len(), 95);
+        sent.extend(receipts.into_iter().map(|r| r.id));
+    }
+    let mut got = HashSet::new();
+    while got.len() < sent.len() {
+        let d = recv(consumer.as_mut()).await;
+        got.insert(d.message().id.clone());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(got, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_prefetch_caps_every_consumer() {
+    let broker = common::rabbit_broker("prefetch=3").await;
+    let topic = topic("prefetch-cap");
+    let mut consumer = broker
+        .subscribe(Subscription::new(&topic, "g").prefetch(100))
+        .await
+        .unwrap();
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    producer
+        .send_batch(&topic, (0..10).map(|i| Message::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(recv(consumer.as_mut()).await);
+    }
+    let more = tokio::time::timeout(Duration::from_millis(600), consumer.recv()).await;
+    assert!(
+        more.is_err(),
+        "the broker holds back deliveries past the capped prefetch of 3"
+    );
+    held.remove(0).ack().await.unwrap();
+    held.push(recv(consumer.as_mut()).await);
+    for d in held {
+        d.ack().await.unwrap();
+    }
+}
