@@ -292,19 +292,20 @@ async fn shutdown(shared: Arc<Shared>, tasks: Vec<JoinHandle<()>>) -> Result<()>
         }
     }
     if result.is_ok() {
-        let mut pipe = redis::pipe();
+        // DELCONSUMER drops the consumer's pending entries for good: only
+        // when it has none, checked atomically.
         for key in [&shared.main, &shared.retry] {
-            pipe.cmd("XGROUP")
-                .arg("DELCONSUMER")
-                .arg(key)
-                .arg(&*shared.group)
-                .arg(&shared.name)
-                .ignore();
+            let script = redis::Script::new(scripts::DELETE_IDLE_CONSUMER);
+            let mut inv = script.prepare_invoke();
+            inv.key(key).arg(&*shared.group).arg(&shared.name);
+            if let Err(e) = shared
+                .inner
+                .run_script::<i64>("remove consumer from its group", &inv)
+                .await
+            {
+                result = Err(e);
+            }
         }
-        result = shared
-            .inner
-            .query_pipe::<()>("remove consumer from its group", &pipe)
-            .await;
     }
     result
 }
@@ -453,12 +454,15 @@ async fn read_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<Delivery>>) {
             .arg(&shared.retry)
             .arg(">")
             .arg(">");
-        let reply = tokio::select! {
-            r = cmd.query_async::<Value>(c) => r,
-            // An interrupted read may leave entries pending for this
-            // consumer: closing hands them back.
-            () = shared.stopped() => return,
-        };
+        // Not cancelled on close: the server would still complete an
+        // abandoned blocking read and give entries to this consumer after
+        // closing handed its entries back. The read lasts at most until the
+        // next housekeeping (250 ms by default).
+        let reply = cmd.query_async::<Value>(c).await;
+        if shared.is_stopped() {
+            // What it read stays pending for this consumer: closing hands it back.
+            return;
+        }
         match reply {
             Ok(value) => {
                 failures = 0;

@@ -33,3 +33,15 @@ if ARGV[5] == '1' then
 end
 return 1
 ";
+
+/// Deletes a consumer from a group only if it has no pending entries (which
+/// DELCONSUMER would drop for good). KEYS: stream. ARGV: group, consumer.
+/// Returns 1 when deleted.
+pub(crate) const DELETE_IDLE_CONSUMER: &str = r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+";
