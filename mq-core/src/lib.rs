@@ -74,7 +74,7 @@ pub use consumer::{Consumer, ConsumerExt};
 pub use delivery::{AckHandle, Delivery, Nack, attempts_exhausted_reason, dead_letter_message};
 pub use error::{BoxError, Error, Result};
 pub use message::{Headers, Message, new_id, time_from_millis};
-pub use producer::{Position, Producer, ProducerExt, ProducerOptions, Receipt};
+pub use producer::{Position, Producer, ProducerExt, ProducerOptions, Receipt, check_send};
 pub use registry::{Connector, Registry};
 pub use subscription::{StartPosition, Subscription};
 pub use url::{BrokerUrl, HostPort, Secret};

@@ -71,6 +71,31 @@ impl Receipt {
     }
 }
 
+/// Checks what every backend checks before sending: the topic has a name
+/// and no message is larger than `limit` bytes.
+///
+/// # Errors
+///
+/// [`Error::InvalidOption`](crate::Error::InvalidOption) for an empty topic;
+/// [`Error::TooLarge`](crate::Error::TooLarge) naming the topic and the size.
+pub fn check_send(backend: &'static str, topic: &str, messages: &[Message], limit: usize) -> Result<()> {
+    if topic.is_empty() {
+        return Err(crate::Error::InvalidOption {
+            backend,
+            option: "topic".into(),
+            reason: "the topic name is empty".into(),
+        });
+    }
+    if let Some(m) = messages.iter().find(|m| m.encoded_len() > limit) {
+        return Err(crate::Error::TooLarge {
+            topic: topic.to_string(),
+            size: m.encoded_len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// Settings for a producer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -159,6 +184,24 @@ mod tests {
     use super::*;
 
     fn _obj_safe(_: Box<dyn Producer>) {}
+
+    #[test]
+    fn check_send_names_the_problem() {
+        // The size counts the id (36 bytes), key and headers too.
+        let big = Message::new(vec![0u8; 200]);
+        match check_send("x", "t", &[Message::new("ok"), big], 100) {
+            Err(crate::Error::TooLarge { topic, size, limit }) => {
+                assert_eq!((topic.as_str(), limit), ("t", 100));
+                assert!(size > 200);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(matches!(
+            check_send("x", "", &[], 10),
+            Err(crate::Error::InvalidOption { .. })
+        ));
+        assert!(check_send("x", "t", &[Message::new("ok")], 100).is_ok());
+    }
 
     #[test]
     fn position_display() {

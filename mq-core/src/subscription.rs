@@ -119,6 +119,24 @@ impl Subscription {
             .unwrap_or_else(|| format!("{}.dlq", self.topic))
     }
 
+    /// Checks the topic and group have names.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`](crate::Error::InvalidOption) naming the empty one.
+    pub fn validate(&self, backend: &'static str) -> crate::Result<()> {
+        for (what, name) in [("topic", &self.topic), ("group", &self.group)] {
+            if name.is_empty() {
+                return Err(crate::Error::InvalidOption {
+                    backend,
+                    option: what.into(),
+                    reason: format!("the {what} name is empty"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a delivery on its `attempt`-th try has used up its attempts.
     pub fn attempts_exhausted(&self, attempt: u32) -> bool {
         self.max_attempts.is_some_and(|max| attempt >= max)
@@ -140,6 +158,13 @@ mod tests {
                 .unlimited_attempts()
                 .attempts_exhausted(u32::MAX)
         );
+    }
+
+    #[test]
+    fn validate_names_the_empty_field() {
+        assert!(Subscription::new("t", "g").validate("x").is_ok());
+        let err = Subscription::new("t", "").validate("x").unwrap_err();
+        assert!(err.to_string().contains("group"), "{err}");
     }
 
     #[test]

@@ -214,15 +214,7 @@ impl Broker for MemoryBroker {
         if self.inner.is_closed() {
             return Err(self.inner.closed_error());
         }
-        for (what, name) in [("topic", &subscription.topic), ("group", &subscription.group)] {
-            if name.is_empty() {
-                return Err(Error::InvalidOption {
-                    backend: "memory",
-                    option: what.into(),
-                    reason: format!("the {what} name is empty"),
-                });
-            }
-        }
+        subscription.validate("memory")?;
         let topic = self.inner.topic(&subscription.topic);
         let policy = Arc::new(Policy::new(subscription));
         let id = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
 
 use crate::broker::Inner;
 use crate::topic::{Topic, Woken, wake};
@@ -61,23 +61,12 @@ impl MemoryProducer {
         if self.inner.is_closed() {
             return Err(self.inner.closed_error());
         }
-        if topic.is_empty() {
-            return Err(Error::InvalidOption {
-                backend: "memory",
-                option: "topic".into(),
-                reason: "the topic name is empty".into(),
-            });
-        }
-        let size = message.encoded_len();
-        let limit = self.inner.config.max_message_bytes;
-        if size > limit {
-            return Err(Error::TooLarge {
-                topic: topic.to_string(),
-                size,
-                limit,
-            });
-        }
-        Ok(())
+        check_send(
+            "memory",
+            topic,
+            std::slice::from_ref(message),
+            self.inner.config.max_message_bytes,
+        )
     }
 
     /// Appends `messages` in order, waiting for room as needed.

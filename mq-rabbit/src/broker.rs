@@ -408,15 +408,7 @@ impl Broker for RabbitBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
         self.inner.check_open()?;
-        for (what, name) in [("topic", &subscription.topic), ("group", &subscription.group)] {
-            if name.is_empty() {
-                return Err(Error::InvalidOption {
-                    backend: "rabbitmq",
-                    option: what.into(),
-                    reason: format!("the {what} name is empty"),
-                });
-            }
-        }
+        subscription.validate("rabbitmq")?;
         Ok(Box::new(
             RabbitConsumer::start(self.inner.clone(), subscription).await?,
         ))

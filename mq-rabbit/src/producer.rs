@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lapin::Channel;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
-use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
 
 use crate::broker::Inner;
 use crate::codec;
@@ -62,22 +62,12 @@ impl RabbitProducer {
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
         self.inner.check_open()?;
-        if topic.is_empty() {
-            return Err(Error::InvalidOption {
-                backend: "rabbitmq",
-                option: "topic".into(),
-                reason: "the topic name is empty".into(),
-            });
-        }
-        let limit = self.inner.config.options.max_message_bytes;
-        if let Some(m) = messages.iter().find(|m| m.encoded_len() > limit) {
-            return Err(Error::TooLarge {
-                topic: topic.to_string(),
-                size: m.encoded_len(),
-                limit,
-            });
-        }
-        Ok(())
+        check_send(
+            "rabbitmq",
+            topic,
+            messages,
+            self.inner.config.options.max_message_bytes,
+        )
     }
 
     /// Publishes `messages` (those not confirmed yet) and records receipts.

@@ -301,15 +301,7 @@ impl Broker for RedisBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
         self.inner.check_open()?;
-        for (what, name) in [("topic", &subscription.topic), ("group", &subscription.group)] {
-            if name.is_empty() {
-                return Err(Error::InvalidOption {
-                    backend: "redis",
-                    option: what.into(),
-                    reason: format!("the {what} name is empty"),
-                });
-            }
-        }
+        subscription.validate("redis")?;
         let inner = &self.inner;
         let start = match subscription.start {
             StartPosition::Earliest => "0",

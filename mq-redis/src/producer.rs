@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
 
 use crate::broker::Inner;
 use crate::codec;
@@ -34,22 +34,12 @@ impl RedisProducer {
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
         self.inner.check_open()?;
-        if topic.is_empty() {
-            return Err(Error::InvalidOption {
-                backend: "redis",
-                option: "topic".into(),
-                reason: "the topic name is empty".into(),
-            });
-        }
-        let limit = self.inner.config.options.max_message_bytes;
-        if let Some(m) = messages.iter().find(|m| m.encoded_len() > limit) {
-            return Err(Error::TooLarge {
-                topic: topic.to_string(),
-                size: m.encoded_len(),
-                limit,
-            });
-        }
-        Ok(())
+        check_send(
+            "redis",
+            topic,
+            messages,
+            self.inner.config.options.max_message_bytes,
+        )
     }
 
     async fn add_all(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {

@@ -164,6 +164,44 @@ where
     }
 }
 
+/// A broker that keeps `G` alive (a test container, a server process) for
+/// as long as the broker lives, so a kit run on a throwaway server cleans up
+/// after itself.
+#[derive(Debug)]
+pub struct Owning<G> {
+    broker: Arc<dyn Broker>,
+    _guard: G,
+}
+
+impl<G: Send + Sync + std::fmt::Debug + 'static> Owning<G> {
+    /// `broker`, keeping `guard` until it is dropped.
+    pub fn new(broker: Arc<dyn Broker>, guard: G) -> Self {
+        Owning {
+            broker,
+            _guard: guard,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<G: Send + Sync + std::fmt::Debug + 'static> Broker for Owning<G> {
+    fn name(&self) -> &'static str {
+        self.broker.name()
+    }
+    fn capabilities(&self) -> crate::Capabilities {
+        self.broker.capabilities()
+    }
+    async fn producer(&self, options: ProducerOptions) -> crate::Result<Box<dyn Producer>> {
+        self.broker.producer(options).await
+    }
+    async fn subscribe(&self, sub: Subscription) -> crate::Result<Box<dyn Consumer>> {
+        self.broker.subscribe(sub).await
+    }
+    async fn close(&self) -> crate::Result<()> {
+        self.broker.close().await
+    }
+}
+
 // ---- helpers shared by the checks ----
 
 /// A fresh topic name, unique across runs: `mqkit-{what}-{random}`.

@@ -51,41 +51,7 @@ pub(crate) async fn broker() -> Arc<dyn Broker> {
         let broker = RabbitBroker::connect(RabbitConfig::from_url(&url).expect("AMQP URL"))
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the RabbitMQ container: {e}"));
-        return Arc::new(WithServer {
-            broker,
-            _server: server,
-        });
+        return Arc::new(mq_core::testkit::Owning::new(Arc::new(broker), server));
     }
     Arc::new(rabbit_broker("").await)
-}
-
-/// A broker that owns the container it talks to.
-#[cfg(feature = "testcontainers")]
-#[derive(Debug)]
-struct WithServer {
-    broker: RabbitBroker,
-    _server: mq_rabbit::testing::TestRabbit,
-}
-
-#[cfg(feature = "testcontainers")]
-#[mq_core::async_trait]
-impl Broker for WithServer {
-    fn name(&self) -> &'static str {
-        self.broker.name()
-    }
-    fn capabilities(&self) -> mq_core::Capabilities {
-        self.broker.capabilities()
-    }
-    async fn producer(
-        &self,
-        options: mq_core::ProducerOptions,
-    ) -> mq_core::Result<Box<dyn mq_core::Producer>> {
-        self.broker.producer(options).await
-    }
-    async fn subscribe(&self, sub: mq_core::Subscription) -> mq_core::Result<Box<dyn mq_core::Consumer>> {
-        self.broker.subscribe(sub).await
-    }
-    async fn close(&self) -> mq_core::Result<()> {
-        self.broker.close().await
-    }
 }

@@ -65,45 +65,10 @@ async fn container_broker() -> Arc<dyn Broker> {
         .await
         .unwrap_or_else(|e| panic!("no Redis to test against: {e}"));
     let broker = connect(config_for(server.url().to_string(), "")).await;
-    Arc::new(WithServer {
-        broker,
-        _server: server,
-    })
+    Arc::new(mq_core::testkit::Owning::new(Arc::new(broker), server))
 }
 
 #[cfg(not(feature = "testcontainers"))]
 async fn container_broker() -> Arc<dyn Broker> {
     panic!("no Redis to test against: {HOW}")
-}
-
-/// A broker that owns the container it talks to: the container goes when
-/// the test's last handle does.
-#[cfg(feature = "testcontainers")]
-#[derive(Debug)]
-struct WithServer {
-    broker: RedisBroker,
-    _server: mq_redis::testing::TestRedis,
-}
-
-#[cfg(feature = "testcontainers")]
-#[async_trait::async_trait]
-impl Broker for WithServer {
-    fn name(&self) -> &'static str {
-        self.broker.name()
-    }
-    fn capabilities(&self) -> mq_core::Capabilities {
-        self.broker.capabilities()
-    }
-    async fn producer(
-        &self,
-        options: mq_core::ProducerOptions,
-    ) -> mq_core::Result<Box<dyn mq_core::Producer>> {
-        self.broker.producer(options).await
-    }
-    async fn subscribe(&self, sub: mq_core::Subscription) -> mq_core::Result<Box<dyn mq_core::Consumer>> {
-        self.broker.subscribe(sub).await
-    }
-    async fn close(&self) -> mq_core::Result<()> {
-        self.broker.close().await
-    }
 }
