@@ -52,7 +52,12 @@ ensure_redis() {
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
     wait_port 6379 30 || die "redis-server did not start; set MQ_TEST_REDIS_URL=redis://host:port"
   fi
-  export MQ_TEST_REDIS_URL="redis://127.0.0.1:6379"
+  # Tests get a database of their own, emptied first: runs do not pile up
+  # streams on the machine's server.
+  if command -v redis-cli >/dev/null; then
+    redis-cli -n 15 FLUSHDB >/dev/null || die "cannot empty Redis database 15 for the tests"
+  fi
+  export MQ_TEST_REDIS_URL="redis://127.0.0.1:6379/15"
 }
 
 ensure_rabbitmq() {
@@ -64,7 +69,17 @@ ensure_rabbitmq() {
     rabbitmq-server -detached >/dev/null 2>&1 || true
     wait_port 5672 120 || die "rabbitmq-server did not start; set MQ_TEST_AMQP_URL=amqp://user:pass@host:5672"
   fi
-  export MQ_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
+  # Tests get a virtual host of their own, recreated empty: runs do not pile
+  # up queues and exchanges on the machine's server.
+  if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl -q delete_vhost mq-test >/dev/null 2>&1 || true
+    rabbitmqctl -q add_vhost mq-test >/dev/null || die "cannot create the RabbitMQ vhost mq-test"
+    rabbitmqctl -q set_permissions -p mq-test guest '.*' '.*' '.*' >/dev/null ||
+      die "cannot grant guest access to the vhost mq-test"
+    export MQ_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/mq-test"
+  else
+    export MQ_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
+  fi
 }
 
 has_tests mq-redis && ensure_redis
