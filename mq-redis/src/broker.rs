@@ -242,6 +242,26 @@ impl Inner {
             .map_err(|e| map(e, "open a connection for blocking reads", &self.endpoint))
     }
 
+    /// Adds to `pipe` an XADD of `message` to `key` (trimmed with `MAXLEN ~`
+    /// when `max_len` is set), with the attempt of a requeued copy.
+    pub(crate) fn xadd<'p>(
+        &self,
+        pipe: &'p mut redis::Pipeline,
+        key: &str,
+        message: &mq_core::Message,
+        attempt: Option<u32>,
+    ) -> &'p mut redis::Pipeline {
+        let cmd = pipe.cmd("XADD").arg(key);
+        if let Some(max_len) = self.config.options.max_len {
+            cmd.arg("MAXLEN").arg("~").arg(max_len);
+        }
+        cmd.arg("*");
+        for (field, value) in crate::codec::encode(message, attempt) {
+            cmd.arg(field).arg(value);
+        }
+        cmd
+    }
+
     /// Creates `group` on `key` (and the stream) unless it exists.
     pub(crate) async fn create_group(&self, key: &str, group: &str, start: &str) -> Result<()> {
         let mut cmd = redis::cmd("XGROUP");

@@ -89,15 +89,7 @@ impl Shared {
     ) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let cmd = pipe.cmd("XADD").arg(target);
-        if let Some(max_len) = self.inner.config.options.max_len {
-            cmd.arg("MAXLEN").arg("~").arg(max_len);
-        }
-        cmd.arg("*");
-        for (field, value) in codec::encode(copy, attempt) {
-            cmd.arg(field).arg(value);
-        }
-        cmd.ignore();
+        self.inner.xadd(&mut pipe, target, copy, attempt).ignore();
         pipe.cmd("XACK")
             .arg(self.key(source))
             .arg(&*self.group)

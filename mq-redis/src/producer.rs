@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
 
 use crate::broker::Inner;
-use crate::codec;
 
 /// A producer of a [`RedisBroker`](crate::RedisBroker): `send` returns once
 /// Redis replied to the XADD; `send_batch` sends all XADDs in one round trip.
@@ -19,17 +18,6 @@ pub struct RedisProducer {
 impl RedisProducer {
     pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
         RedisProducer { inner, options }
-    }
-
-    fn xadd(&self, key: &str, message: &Message, pipe: &mut redis::Pipeline) {
-        let cmd = pipe.cmd("XADD").arg(key);
-        if let Some(max_len) = self.inner.config.options.max_len {
-            cmd.arg("MAXLEN").arg("~").arg(max_len);
-        }
-        cmd.arg("*");
-        for (field, value) in codec::encode(message, None) {
-            cmd.arg(field).arg(value);
-        }
     }
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
@@ -50,7 +38,7 @@ impl RedisProducer {
         let key = self.inner.stream_key(topic);
         let mut pipe = redis::pipe();
         for message in messages {
-            self.xadd(&key, message, &mut pipe);
+            self.inner.xadd(&mut pipe, &key, message, None);
         }
         let what = format!("XADD to `{key}`");
         let call = self.inner.query_pipe::<Vec<String>>(&what, &pipe);
