@@ -4,6 +4,8 @@
 
 mod common;
 
+use mq_core::testkit::expect_delivery;
+
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
@@ -19,14 +21,6 @@ const BOUND: Duration = Duration::from_secs(30);
 
 fn topic(what: &str) -> String {
     mq_core::testkit::unique(what)
-}
-
-async fn recv(consumer: &mut dyn mq_core::Consumer) -> mq_core::Delivery {
-    tokio::time::timeout(BOUND, consumer.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("recv")
-        .expect("consumer open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +115,7 @@ async fn delayed_requeue_goes_through_a_ttl_queue() {
     let mut consumer = broker.subscribe(Subscription::new(&topic, "g")).await.unwrap();
     let producer = broker.producer(ProducerOptions::default()).await.unwrap();
     let id = producer.send(&topic, Message::new("later")).await.unwrap().id;
-    let d = recv(consumer.as_mut()).await;
+    let d = expect_delivery(consumer.as_mut(), "the next delivery").await;
     let nacked = Instant::now();
     d.nack(Nack::requeue_after(Duration::from_millis(1500)))
         .await
@@ -140,7 +134,7 @@ async fn delayed_requeue_goes_through_a_ttl_queue() {
         .await
         .expect("the delay queue exists");
     assert_eq!(delay_queue.message_count(), 1);
-    let again = recv(consumer.as_mut()).await;
+    let again = expect_delivery(consumer.as_mut(), "the next delivery").await;
     assert!(
         nacked.elapsed() >= Duration::from_millis(1500),
         "back after {:?}",
@@ -158,15 +152,15 @@ async fn quorum_queues_work_and_count_redeliveries() {
     let mut first = broker.subscribe(sub()).await.unwrap();
     let producer = broker.producer(ProducerOptions::default()).await.unwrap();
     let id = producer.send(&topic, Message::new("q")).await.unwrap().id;
-    let d = recv(first.as_mut()).await;
+    let d = expect_delivery(first.as_mut(), "the next delivery").await;
     assert_eq!(d.attempt(), 1);
     d.nack(Nack::requeue()).await.unwrap();
-    let d = recv(first.as_mut()).await;
+    let d = expect_delivery(first.as_mut(), "the next delivery").await;
     assert_eq!((d.message().id.as_str(), d.attempt()), (id.as_str(), 2));
     drop(d);
     first.close().await.unwrap(); // returned by the broker: x-delivery-count counts it
     let mut second = broker.subscribe(sub()).await.unwrap();
-    let d = recv(second.as_mut()).await;
+    let d = expect_delivery(second.as_mut(), "the next delivery").await;
     assert_eq!(d.message().id, id);
     assert!(
         d.attempt() >= 3,
@@ -417,7 +411,7 @@ async fn batches_larger_than_the_confirm_window_go_through_concurrently() {
     }
     let mut got = HashSet::new();
     while got.len() < sent.len() {
-        let d = recv(consumer.as_mut()).await;
+        let d = expect_delivery(consumer.as_mut(), "the next delivery").await;
         got.insert(d.message().id.clone());
         d.ack().await.unwrap();
     }
@@ -439,7 +433,7 @@ async fn url_prefetch_caps_every_consumer() {
         .unwrap();
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(recv(consumer.as_mut()).await);
+        held.push(expect_delivery(consumer.as_mut(), "the next delivery").await);
     }
     let more = tokio::time::timeout(Duration::from_millis(600), consumer.recv()).await;
     assert!(
@@ -447,7 +441,7 @@ async fn url_prefetch_caps_every_consumer() {
         "the broker holds back deliveries past the capped prefetch of 3"
     );
     held.remove(0).ack().await.unwrap();
-    held.push(recv(consumer.as_mut()).await);
+    held.push(expect_delivery(consumer.as_mut(), "the next delivery").await);
     for d in held {
         d.ack().await.unwrap();
     }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use mq_core::testkit::expect_delivery;
+
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -30,14 +32,6 @@ async fn raw() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("raw connection to the test Redis")
-}
-
-async fn recv(consumer: &mut dyn mq_core::Consumer) -> mq_core::Delivery {
-    tokio::time::timeout(BOUND, consumer.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("recv")
-        .expect("consumer open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +83,7 @@ async fn crashed_consumers_entries_are_reclaimed_after_the_ack_timeout() {
     let started = Instant::now();
     let mut got = HashSet::new();
     while got.len() < sent.len() {
-        let d = recv(survivor.as_mut()).await;
+        let d = expect_delivery(survivor.as_mut(), "the next delivery").await;
         assert!(
             d.attempt() >= 2,
             "a reclaimed entry counts its earlier delivery: {}",
@@ -141,7 +135,7 @@ async fn delayed_requeue_survives_recreating_the_broker() {
             .await
             .expect("send")
             .id;
-        let d = recv(consumer.as_mut()).await;
+        let d = expect_delivery(consumer.as_mut(), "the next delivery").await;
         d.nack(Nack::requeue_after(Duration::from_millis(1500)))
             .await
             .expect("delayed nack");
@@ -155,7 +149,7 @@ async fn delayed_requeue_survives_recreating_the_broker() {
     let nacked_at = Instant::now();
     let broker = common::broker().await;
     let mut consumer = broker.subscribe(sub()).await.expect("subscribe again");
-    let d = recv(consumer.as_mut()).await;
+    let d = expect_delivery(consumer.as_mut(), "the next delivery").await;
     assert_eq!(d.message().id, id);
     assert_eq!(d.attempt(), 2);
     assert!(

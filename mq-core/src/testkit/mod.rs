@@ -240,8 +240,9 @@ async fn recv_within(consumer: &mut dyn Consumer, within: Duration) -> Option<De
     }
 }
 
-/// The next delivery, or a panic naming `what` after [`WAIT`].
-async fn expect_delivery(consumer: &mut dyn Consumer, what: &str) -> Delivery {
+/// The next delivery, or a panic naming `what` after the wait bound
+/// ([`wait`], 30 s by default). For backend authors' own tests too.
+pub async fn expect_delivery(consumer: &mut dyn Consumer, what: &str) -> Delivery {
     let wait = wait();
     recv_within(consumer, wait)
         .await
