@@ -1,0 +1,713 @@
+//! Receiving: a consumer group member per subscription, at-least-once done
+//! right (an offset is stored only once it and every earlier delivered
+//! offset of its partition were acked), requeues through the group's retry
+//! topic, dead letters to the dead-letter topic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use mq_core::{
+    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, StartPosition, Subscription,
+    attempts_exhausted_reason, dead_letter_message, headers, time_from_millis,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+
+use crate::broker::Inner;
+use crate::error::map;
+use crate::producer::ID;
+
+/// Header of a delayed copy: when it is due (ms since the epoch).
+const DUE: &str = "mq-due";
+
+/// Deliveries handed out and not yet acked, per partition.
+#[derive(Debug, Default)]
+struct Tracker {
+    parts: Mutex<HashMap<(String, i32), Part>>,
+    generation: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Part {
+    generation: u64,
+    /// Delivered offsets in order: the message while unacked, `None` once acked.
+    leases: BTreeMap<i64, Option<(Message, u32)>>,
+}
+
+impl Tracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Part>> {
+        self.parts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a delivery; returns the partition's generation.
+    fn add(&self, topic: &str, partition: i32, offset: i64, message: Message, attempt: u32) -> u64 {
+        let mut parts = self.lock();
+        let part = parts
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| Part {
+                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+                leases: BTreeMap::new(),
+            });
+        part.leases.insert(offset, Some((message, attempt)));
+        part.generation
+    }
+
+    /// Marks a delivery acked. `Ok(Some(o))`: every delivered offset up to
+    /// `o` is acked, store it. `Err(())`: the partition was revoked since.
+    fn ack(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        generation: u64,
+    ) -> std::result::Result<Option<i64>, ()> {
+        let mut parts = self.lock();
+        let part = parts.get_mut(&(topic.to_string(), partition)).ok_or(())?;
+        if part.generation != generation {
+            return Err(());
+        }
+        match part.leases.get_mut(&offset) {
+            Some(lease) => *lease = None,
+            None => return Err(()),
+        }
+        let mut last = None;
+        while let Some((&o, None)) = part.leases.first_key_value() {
+            part.leases.remove(&o);
+            last = Some(o);
+        }
+        Ok(last)
+    }
+
+    /// Forgets revoked partitions: their deliveries can no longer be acked
+    /// here (the new owner gets them from the committed offset).
+    fn revoke(&self, tpl: &TopicPartitionList) {
+        let mut parts = self.lock();
+        for e in tpl.elements() {
+            parts.remove(&(e.topic().to_string(), e.partition()));
+        }
+    }
+
+    /// Every unacked delivery: `(topic, partition, offset, generation, message, attempt)`.
+    fn unacked(&self) -> Vec<(String, i32, i64, u64, Message, u32)> {
+        let parts = self.lock();
+        let mut out = Vec::new();
+        for ((topic, partition), part) in parts.iter() {
+            for (offset, lease) in &part.leases {
+                if let Some((m, a)) = lease {
+                    out.push((topic.clone(), *partition, *offset, part.generation, m.clone(), *a));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Commits stored offsets when partitions are revoked, starts new groups at
+/// the end of the topic, and reports assignments.
+struct Ctx {
+    tracker: Arc<Tracker>,
+    assigned: watch::Sender<u64>,
+    /// The topic, when the subscription starts at the latest message.
+    start_latest: Option<String>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                // What was acked is committed before another member takes over.
+                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(error = %e, "commit on revoke");
+                }
+                self.tracker.revoke(tpl);
+            }
+            Rebalance::Assign(tpl) => {
+                if let Some(topic) = &self.start_latest {
+                    start_at_latest(consumer, topic, tpl);
+                }
+            }
+            Rebalance::Error(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assigned.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// A new group starts at the end of the topic: for each assigned partition
+/// of `topic` without a committed offset, commits its current end before it
+/// is assigned. (The first member gets every partition, so later members
+/// find them committed.) On failure the group starts at the earliest
+/// message: more is delivered, nothing skipped.
+fn start_at_latest(consumer: &BaseConsumer<Ctx>, topic: &str, assigned: &TopicPartitionList) {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let mut mine = TopicPartitionList::new();
+    for e in assigned.elements_for_topic(topic) {
+        mine.add_partition(topic, e.partition());
+    }
+    if mine.count() == 0 {
+        return;
+    }
+    let result = consumer.committed_offsets(mine, TIMEOUT).and_then(|committed| {
+        let mut latest = TopicPartitionList::new();
+        for e in committed.elements() {
+            if !matches!(e.offset(), Offset::Offset(_)) {
+                let (_, high) = consumer.fetch_watermarks(topic, e.partition(), TIMEOUT)?;
+                latest.add_partition_offset(topic, e.partition(), Offset::Offset(high))?;
+            }
+        }
+        if latest.count() > 0 {
+            consumer.commit(&latest, CommitMode::Sync)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, topic, "could not start the new group at the latest message; it starts at the earliest");
+    }
+}
+
+struct Shared {
+    inner: Arc<Inner>,
+    sub: Subscription,
+    topic: Arc<str>,
+    group: Arc<str>,
+    retry_topic: String,
+    consumer: BaseConsumer<Ctx>,
+    tracker: Arc<Tracker>,
+    permits: Arc<Semaphore>,
+    /// What the poll thread is to do: [`RUN`], [`DRAIN`] or [`CLOSE`].
+    state: AtomicU8,
+    closed: AtomicBool,
+}
+
+/// The poll thread delivers messages.
+const RUN: u8 = 0;
+/// The poll thread delivers nothing more (the partitions are paused) but
+/// keeps serving the group's rebalances while unacked deliveries are handed
+/// back.
+const DRAIN: u8 = 1;
+/// The poll thread commits, leaves the group and ends.
+const CLOSE: u8 = 2;
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Produces `message` to `topic` and waits for its delivery report.
+    async fn produce_copy(&self, topic: &str, message: &Message, attempt: Option<u32>) -> Result<()> {
+        self.inner.ensure_topic(topic).await?;
+        let delivery = self.inner.enqueue(topic, message, attempt).await?;
+        self.inner
+            .delivered(topic, &message.id, delivery)
+            .await
+            .map(|_| ())
+    }
+
+    async fn dead_letter(&self, message: &Message, attempts: u32, reason: &str) -> Result<()> {
+        let dead = dead_letter_message(message, &self.topic, &self.group, attempts, reason);
+        self.produce_copy(&self.sub.dead_letter_topic(), &dead, None)
+            .await
+    }
+
+    /// A copy with attempt + 1 (due after `delay`) to the group's retry
+    /// topic, or a dead letter once the attempts are used up.
+    async fn requeue(&self, message: &Message, attempt: u32, delay: Duration) -> Result<()> {
+        if let Some(max) = self
+            .sub
+            .max_attempts
+            .filter(|_| self.sub.attempts_exhausted(attempt))
+        {
+            return self
+                .dead_letter(message, attempt, &attempts_exhausted_reason(max))
+                .await;
+        }
+        let mut copy = message.clone();
+        copy.headers.remove(DUE);
+        if !delay.is_zero() {
+            let due = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            copy.headers.insert(DUE.into(), due.to_string());
+        }
+        self.produce_copy(&self.retry_topic.clone(), &copy, Some(attempt.saturating_add(1)))
+            .await
+    }
+
+    /// Acks one delivery: stores the offset when the partition's prefix is acked.
+    fn ack(&self, topic: &str, partition: i32, offset: i64, generation: u64, id: &str) -> Result<()> {
+        match self.tracker.ack(topic, partition, offset, generation) {
+            Ok(Some(upto)) => self.consumer.store_offset(topic, partition, upto).map_err(|e| {
+                map(
+                    e,
+                    &format!("store offset of `{topic}`/{partition}"),
+                    self.inner.endpoint(),
+                )
+            }),
+            Ok(None) => Ok(()),
+            Err(()) => Err(Error::DeliveryExpired {
+                id: id.to_string(),
+                reason: format!(
+                    "partition {partition} of `{topic}` was reassigned; its new owner delivers it again"
+                ),
+            }),
+        }
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A received Kafka message as an mq message, its attempt and when it is due.
+fn decode(m: &BorrowedMessage<'_>) -> (Message, u32, Option<u64>) {
+    let mut message = Message::new(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
+    if let Some(key) = m.key() {
+        message.key = Some(String::from_utf8_lossy(key).into_owned());
+    }
+    if let Some(ms) = m.timestamp().to_millis() {
+        message.timestamp = time_from_millis(u64::try_from(ms).unwrap_or(0));
+    }
+    let mut attempt = 1;
+    let mut due = None;
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            let value = h
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            match h.key {
+                ID => message.id = value,
+                k if k == headers::ATTEMPT => attempt = value.parse().unwrap_or(1),
+                DUE => due = value.parse().ok(),
+                k => {
+                    message.headers.insert(k.to_string(), value);
+                }
+            }
+        }
+    }
+    (message, attempt.max(1), due)
+}
+
+/// A consumer of a [`KafkaBroker`](crate::KafkaBroker) subscription: a
+/// member of the consumer group reading the topic and the group's retry
+/// topic.
+///
+/// Offsets are stored (and auto-committed every second, on revoke and on
+/// close) only up to the first unacked delivery of each partition, so acks
+/// may come in any order and nothing unacked is skipped. Closing (or
+/// dropping) hands unacked deliveries back as copies with attempt + 1.
+///
+/// Ordering: a requeued message goes through the retry topic, so it comes
+/// back after messages that followed it.
+#[derive(Debug)]
+pub struct KafkaConsumer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Result<Delivery>>,
+    /// Fires when the poll thread has left the group and ended.
+    done: Option<oneshot::Receiver<()>>,
+    closed: bool,
+}
+
+/// How long closing waits for the poll thread to commit and leave the group.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `subscribe` waits for the group to assign partitions.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl KafkaConsumer {
+    pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription) -> Result<Self> {
+        let retry_topic = format!("{}.{}.retry", sub.topic, sub.group);
+        inner.ensure_topic(&sub.topic).await?;
+        inner.ensure_topic(&retry_topic).await?;
+        let tracker = Arc::new(Tracker::default());
+        let (assigned, mut assignments) = watch::channel(0u64);
+        let mut client = inner.config.client();
+        client
+            .set("group.id", &sub.group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer<Ctx> = client
+            .create_with_context(Ctx {
+                tracker: tracker.clone(),
+                assigned,
+                start_latest: matches!(sub.start, StartPosition::Latest).then(|| sub.topic.clone()),
+            })
+            .map_err(|e| map(e, "create a consumer", inner.endpoint()))?;
+        consumer
+            .subscribe(&[&sub.topic, &retry_topic])
+            .map_err(|e| map(e, &format!("subscribe to `{}`", sub.topic), inner.endpoint()))?;
+        let prefetch = sub.prefetch.max(1);
+        let shared = Arc::new(Shared {
+            topic: sub.topic.as_str().into(),
+            group: sub.group.as_str().into(),
+            retry_topic,
+            consumer,
+            tracker,
+            permits: Arc::new(Semaphore::new(prefetch)),
+            state: AtomicU8::new(RUN),
+            closed: AtomicBool::new(false),
+            inner,
+            sub,
+        });
+        let (tx, rx) = mpsc::channel(prefetch + 1);
+        let (done_tx, done) = oneshot::channel();
+        let poller = shared.clone();
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name(format!("mq-kafka {}", shared.group))
+            .spawn(move || {
+                poll_loop(&poller, &tx, &runtime);
+                leave(&poller);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::backend("kafka", "start the consumer thread", e.to_string()))?;
+        // Joined when partitions are assigned.
+        let joined = tokio::time::timeout(JOIN_TIMEOUT, assignments.wait_for(|n| *n > 0)).await;
+        if !matches!(joined, Ok(Ok(_))) {
+            shared.state.store(CLOSE, Ordering::Release);
+            return Err(Error::Timeout {
+                operation: format!("join group `{}` of topic `{}`", shared.group, shared.topic),
+                after: JOIN_TIMEOUT,
+            });
+        }
+        Ok(KafkaConsumer {
+            shared,
+            rx,
+            done: Some(done),
+            closed: false,
+        })
+    }
+}
+
+/// How long one poll waits for a message.
+const POLL: Duration = Duration::from_millis(20);
+/// How long one poll waits while the partitions are paused: short, so a
+/// freed prefetch slot is noticed soon.
+const POLL_PAUSED: Duration = Duration::from_millis(5);
+
+/// The consumer's own thread: polls librdkafka (which also serves the
+/// group's rebalances), and hands messages out while prefetch slots are
+/// free. With none free it pauses the assigned partitions and keeps polling,
+/// so a full consumer still takes part in rebalances.
+fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Result<Delivery>>, runtime: &tokio::runtime::Handle) {
+    let mut failures = 0u32;
+    // The assignment count when the partitions were paused, if they are.
+    let mut paused: Option<u64> = None;
+    let assignments = shared.consumer.context().assigned.subscribe();
+    loop {
+        let state = shared.state();
+        if state == CLOSE || tx.is_closed() {
+            return;
+        }
+        let permit = if state == RUN {
+            shared.permits.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        let generation = *assignments.borrow();
+        match (&permit, paused) {
+            (None, Some(at)) if at == generation => {}
+            (None, _) => {
+                // Newly assigned partitions start unpaused: pause them too.
+                pause(shared, true);
+                paused = Some(generation);
+            }
+            (Some(_), Some(_)) => {
+                pause(shared, false);
+                paused = None;
+            }
+            (Some(_), None) => {}
+        }
+        let received = shared
+            .consumer
+            .poll(if permit.is_some() { POLL } else { POLL_PAUSED });
+        let m = match received {
+            None => continue,
+            Some(Ok(m)) => {
+                failures = 0;
+                m
+            }
+            // The group's retry topic exists only once something was requeued.
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                tracing::debug!(error = %e, "a subscribed topic does not exist yet");
+                continue;
+            }
+            Some(Err(e)) => {
+                failures += 1;
+                let e = map(e, &format!("consume `{}`", shared.topic), shared.inner.endpoint());
+                tracing::warn!(error = %e, failures, "kafka consumer error");
+                // librdkafka recovers by itself; tell the application when it keeps failing.
+                if failures.is_multiple_of(5) {
+                    let _ = tx.try_send(Err(e));
+                }
+                continue;
+            }
+        };
+        let permit = match permit {
+            Some(p) => p,
+            // Not expected: pausing discards what was fetched before. This
+            // message's offset is not stored, so it is read again later.
+            None if shared.state() != RUN => continue,
+            None => match runtime.block_on(shared.permits.clone().acquire_owned()) {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (message, attempt, due) = decode(&m);
+        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+        drop(m);
+        let generation = shared
+            .tracker
+            .add(&topic, partition, offset, message.clone(), attempt);
+        let handle = KafkaAck {
+            shared: shared.clone(),
+            topic,
+            partition,
+            offset,
+            generation,
+            permit: Mutex::new(Some(permit)),
+        };
+        let delivery = Delivery::new(
+            message,
+            attempt,
+            shared.topic.clone(),
+            shared.group.clone(),
+            Box::new(handle),
+        );
+        match due.map(|d| d.saturating_sub(now_millis())) {
+            // A delayed copy waits (holding its prefetch slot) until due;
+            // reading goes on meanwhile.
+            Some(wait) if wait > 0 => {
+                let tx = tx.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    let _ = tx.send(Ok(delivery)).await;
+                });
+            }
+            // Never blocks long: the channel holds more than the prefetch.
+            _ => {
+                if tx.blocking_send(Ok(delivery)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Pauses (or resumes) every assigned partition.
+fn pause(shared: &Shared, on: bool) {
+    let assignment = match shared.consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the assignment");
+            return;
+        }
+    };
+    let r = if on {
+        shared.consumer.pause(&assignment)
+    } else {
+        shared.consumer.resume(&assignment)
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, pause = on, "pausing partitions");
+    }
+}
+
+/// Commits what was acked and leaves the group; closing waits for this
+/// within [`CLOSE_TIMEOUT`]. Commits are made on this thread only (here and
+/// in a revoke): a synchronous commit waited for on a runtime thread could
+/// hold up the runtime's shutdown.
+fn leave(shared: &Shared) {
+    // Closing or dropped: keep serving rebalances while the deliveries are
+    // handed back.
+    let _ = shared
+        .state
+        .compare_exchange(RUN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+    pause(shared, true);
+    // Short polls: the commit follows the hand-back closely, before a
+    // rebalance can start (the mock cluster refuses commits during one).
+    while shared.state() != CLOSE {
+        let _ = shared.consumer.poll(POLL_PAUSED);
+    }
+    // librdkafka reports a manual commit's result only to a synchronous
+    // caller; this is the consumer's own thread, and librdkafka bounds the
+    // wait by its request timeouts.
+    if let Err(e) = shared.consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "commit on close");
+    }
+    let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
+    if let Err(e) = shared.consumer.close_queue() {
+        tracing::debug!(error = %e, "closing the consumer");
+        return;
+    }
+    while !shared.consumer.closed() && std::time::Instant::now() < deadline {
+        let _ = shared.consumer.poll(POLL);
+    }
+    if !shared.consumer.closed() {
+        tracing::warn!(group = %shared.group, "the consumer did not leave its group within {CLOSE_TIMEOUT:?}");
+    }
+}
+
+/// Hands unacked deliveries back (copies with attempt + 1), then has the
+/// poll thread commit and leave the group.
+async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> Result<()> {
+    let _ = shared
+        .state
+        .compare_exchange(RUN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+    let unacked = shared.tracker.unacked();
+    // The copies are produced together, then the originals acked.
+    let copies = futures::future::join_all(
+        unacked
+            .iter()
+            .map(|(_, _, _, _, message, attempt)| shared.requeue(message, *attempt, Duration::ZERO)),
+    )
+    .await;
+    let mut result = Ok(());
+    for ((topic, partition, offset, generation, message, _), copied) in unacked.into_iter().zip(copies) {
+        let handed = copied.and_then(|()| shared.ack(&topic, partition, offset, generation, &message.id));
+        if let Err(e) = handed {
+            tracing::warn!(error = %e, "handing a delivery back failed; it is delivered again from the committed offset");
+            result = Err(e);
+        }
+    }
+    shared.closed.store(true, Ordering::Release);
+    shared.state.store(CLOSE, Ordering::Release);
+    if let Some(done) = done {
+        // The thread's close is bounded by CLOSE_TIMEOUT; allow for the drain.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(5), done).await;
+    }
+    result
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn recv(&mut self) -> Result<Option<Delivery>> {
+        if self.closed || self.shared.inner.is_closed() {
+            return Ok(None);
+        }
+        tokio::select! {
+            d = self.rx.recv() => match d {
+                Some(result) => result.map(Some),
+                None => Ok(None),
+            },
+            () = wait_closed(&self.shared.inner) => Ok(None),
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        self.rx.close();
+        shutdown(self.shared.clone(), self.done.take()).await
+    }
+}
+
+/// Completes once the broker is closed (polled, as the broker has no signal).
+async fn wait_closed(inner: &Inner) {
+    while !inner.is_closed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let (shared, done) = (self.shared.clone(), self.done.take());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = shutdown(shared, done).await {
+                    tracing::warn!(error = %e, "closing a dropped kafka consumer failed");
+                }
+            });
+        } else {
+            // No runtime to hand deliveries back on: they are read again
+            // from the committed offset.
+            shared.state.store(CLOSE, Ordering::Release);
+        }
+    }
+}
+
+/// Settles one delivery.
+#[derive(Debug)]
+struct KafkaAck {
+    shared: Arc<Shared>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    generation: u64,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl KafkaAck {
+    fn check(&self, delivery: &Delivery) -> Result<()> {
+        self.shared.inner.check_open()?;
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::DeliveryExpired {
+                id: delivery.message().id.clone(),
+                reason: "its consumer closed and handed it back".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn settle(&self, delivery: &Delivery) -> Result<()> {
+        let r = self.shared.ack(
+            &self.topic,
+            self.partition,
+            self.offset,
+            self.generation,
+            &delivery.message().id,
+        );
+        if r.is_ok() {
+            self.permit.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl AckHandle for KafkaAck {
+    async fn ack(&self, delivery: &Delivery) -> Result<()> {
+        self.check(delivery)?;
+        self.settle(delivery)
+    }
+
+    async fn nack(&self, delivery: &Delivery, nack: Nack) -> Result<()> {
+        self.check(delivery)?;
+        let (message, attempt) = (delivery.message(), delivery.attempt());
+        // The copy first, then the ack: a failure in between duplicates, never loses.
+        match nack {
+            Nack::DeadLetter { reason } => self.shared.dead_letter(message, attempt, &reason).await?,
+            Nack::Requeue { delay } => self.shared.requeue(message, attempt, delay).await?,
+            _ => self.shared.requeue(message, attempt, Duration::ZERO).await?,
+        }
+        self.settle(delivery)
+    }
+}

@@ -1,0 +1,162 @@
+//! Sending: delivery reports awaited together, queue-full as backpressure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send, headers};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+
+use crate::broker::Inner;
+use crate::error::map;
+
+/// The header carrying the message id.
+pub(crate) const ID: &str = "mq-id";
+
+/// The Kafka headers of `message` (id, attempt of a requeued copy, application headers).
+pub(crate) fn kafka_headers(message: &Message, attempt: Option<u32>) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(message.headers.len() + 2).insert(Header {
+        key: ID,
+        value: Some(message.id.as_bytes()),
+    });
+    let attempt = attempt.map(|a| a.to_string());
+    if let Some(a) = &attempt {
+        h = h.insert(Header {
+            key: headers::ATTEMPT,
+            value: Some(a.as_bytes()),
+        });
+    }
+    for (k, v) in &message.headers {
+        if k != headers::ATTEMPT {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+    }
+    h
+}
+
+impl Inner {
+    /// Queues `message` for `topic`, waiting while librdkafka's queue is full
+    /// (backpressure, not an error).
+    pub(crate) async fn enqueue(
+        &self,
+        topic: &str,
+        message: &Message,
+        attempt: Option<u32>,
+    ) -> Result<DeliveryFuture> {
+        let ts = i64::try_from(message.timestamp_millis()).unwrap_or(i64::MAX);
+        loop {
+            let mut record = FutureRecord::to(topic)
+                .payload(&message.payload[..])
+                .headers(kafka_headers(message, attempt))
+                .timestamp(ts);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_bytes());
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    return Err(Error::TooLarge {
+                        topic: topic.to_string(),
+                        size: message.encoded_len(),
+                        limit: self.config.max_message_bytes(),
+                    });
+                }
+                Err((e, _)) => return Err(map(e, &format!("produce to `{topic}`"), self.endpoint())),
+            }
+        }
+    }
+
+    /// Waits for a delivery report.
+    pub(crate) async fn delivered(&self, topic: &str, id: &str, delivery: DeliveryFuture) -> Result<Receipt> {
+        match delivery.await {
+            Ok(Ok(d)) => Ok(Receipt::new(
+                topic,
+                id,
+                Position::Offset {
+                    partition: Some(d.partition),
+                    offset: u64::try_from(d.offset).unwrap_or(0),
+                },
+            )),
+            Ok(Err((e, _))) => Err(map(e, &format!("produce to `{topic}`"), self.endpoint())),
+            Err(_) => Err(Error::closed("kafka producer")),
+        }
+    }
+}
+
+/// A producer of a [`KafkaBroker`](crate::KafkaBroker): idempotent
+/// (`acks=all`); `send` resolves on the delivery report; `send_batch` queues
+/// every message, then awaits their reports together.
+#[derive(Debug)]
+pub struct KafkaProducer {
+    inner: Arc<Inner>,
+    options: ProducerOptions,
+}
+
+impl KafkaProducer {
+    pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
+        KafkaProducer { inner, options }
+    }
+
+    async fn produce(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {
+        self.inner.check_open()?;
+        check_send("kafka", topic, messages, self.inner.config.max_message_bytes())?;
+        self.inner.ensure_topic(topic).await?;
+        let work = async {
+            let mut pending = Vec::with_capacity(messages.len());
+            for m in messages {
+                pending.push(self.inner.enqueue(topic, m, None).await?);
+            }
+            let reports = futures::future::join_all(
+                messages
+                    .iter()
+                    .zip(pending)
+                    .map(|(m, d)| self.inner.delivered(topic, &m.id, d)),
+            )
+            .await;
+            reports.into_iter().collect::<Result<Vec<_>>>()
+        };
+        match self.options.send_timeout {
+            None => work.await,
+            Some(after) => tokio::time::timeout(after, work)
+                .await
+                .map_err(|_| Error::Timeout {
+                    operation: format!("produce to `{topic}`"),
+                    after,
+                })?,
+        }
+    }
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let mut receipts = self.produce(topic, std::slice::from_ref(&message)).await?;
+        receipts
+            .pop()
+            .ok_or_else(|| Error::backend("kafka", format!("produce to `{topic}`"), "no delivery report"))
+    }
+
+    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        self.produce(topic, &messages).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.inner.check_open()?;
+        let producer = self.inner.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer as _;
+            producer.flush(Duration::from_secs(30))
+        })
+        .await
+        .map_err(|e| Error::backend("kafka", "flush", e.to_string()))?
+        .map_err(|e| map(e, "flush", self.inner.endpoint()))
+    }
+}
