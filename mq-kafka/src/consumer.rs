@@ -38,6 +38,8 @@ struct Part {
     generation: u64,
     /// Delivered offsets in order: the message while unacked, `None` once acked.
     leases: BTreeMap<i64, Option<(Message, u32)>>,
+    /// The next offset to read, once something was acked.
+    acked_to: Option<i64>,
 }
 
 impl Tracker {
@@ -53,6 +55,7 @@ impl Tracker {
             .or_insert_with(|| Part {
                 generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
                 leases: BTreeMap::new(),
+                acked_to: None,
             });
         part.leases.insert(offset, Some((message, attempt)));
         part.generation
@@ -81,16 +84,25 @@ impl Tracker {
             part.leases.remove(&o);
             last = Some(o);
         }
+        if let Some(o) = last {
+            part.acked_to = Some(o + 1);
+        }
         Ok(last)
     }
 
     /// Forgets revoked partitions: their deliveries can no longer be acked
-    /// here (the new owner gets them from the committed offset).
-    fn revoke(&self, tpl: &TopicPartitionList) {
+    /// here (the new owner gets them from the committed offset). Returns
+    /// how far each was acked.
+    fn revoke(&self, tpl: &TopicPartitionList) -> Vec<((String, i32), i64)> {
         let mut parts = self.lock();
+        let mut acked = Vec::new();
         for e in tpl.elements() {
-            parts.remove(&(e.topic().to_string(), e.partition()));
+            let key = (e.topic().to_string(), e.partition());
+            if let Some(next) = parts.remove(&key).and_then(|p| p.acked_to) {
+                acked.push((key, next));
+            }
         }
+        acked
     }
 
     /// Every unacked delivery: `(topic, partition, offset, generation, message, attempt)`.
@@ -115,6 +127,30 @@ struct Ctx {
     assigned: watch::Sender<u64>,
     /// The topic, when the subscription starts at the latest message.
     start_latest: Option<String>,
+    /// How far revoked partitions were acked, when committing that failed.
+    uncommitted: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl Ctx {
+    /// Commits what was acked of partitions that come back to this member
+    /// after their commit on revoke failed.
+    fn commit_uncommitted(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        let uncommitted =
+            std::mem::take(&mut *self.uncommitted.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut tpl = TopicPartitionList::new();
+        for e in assigned.elements() {
+            if let Some(next) = uncommitted.get(&(e.topic().to_string(), e.partition())) {
+                if let Err(err) = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*next)) {
+                    tracing::debug!(error = %err, "offset list");
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(error = %e, "committing acked offsets after a rebalance failed; they are delivered again");
+            }
+        }
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -124,12 +160,19 @@ impl ConsumerContext for Ctx {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 // What was acked is committed before another member takes over.
+                let acked = self.tracker.revoke(tpl);
                 if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                     tracing::debug!(error = %e, "commit on revoke");
+                    // Kept, and committed if the partitions come back to this
+                    // member (a coordinator may refuse commits mid-rebalance).
+                    self.uncommitted
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .extend(acked);
                 }
-                self.tracker.revoke(tpl);
             }
             Rebalance::Assign(tpl) => {
+                self.commit_uncommitted(consumer, tpl);
                 if let Some(topic) = &self.start_latest {
                     start_at_latest(consumer, topic, tpl);
                 }
@@ -354,6 +397,7 @@ impl KafkaConsumer {
                 tracker: tracker.clone(),
                 assigned,
                 start_latest: matches!(sub.start, StartPosition::Latest).then(|| sub.topic.clone()),
+                uncommitted: Mutex::new(HashMap::new()),
             })
             .map_err(|e| map(e, "create a consumer", inner.endpoint()))?;
         consumer

@@ -17,6 +17,14 @@ pub(crate) fn map(err: KafkaError, operation: &str, endpoint: &str) -> Error {
             reason: "the brokers refused the credentials".into(),
         };
     }
+    if let KafkaError::ClientConfig(_, description, key, _) = &err {
+        // The value is not shown: it may be a secret.
+        return Error::InvalidOption {
+            backend: "kafka",
+            option: format!("rdkafka.{key}"),
+            reason: description.clone(),
+        };
+    }
     if let KafkaError::ClientCreation(reason) = &err {
         // librdkafka names the property it does not know.
         return Error::InvalidOption {

@@ -1,0 +1,376 @@
+//! Kafka-specific behaviour, on librdkafka's embedded mock cluster (the
+//! fault-injection tests need it; no server is involved).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{MOCK_OPTIONS, Mock, config, connect};
+use mq_core::testkit::{expect_delivery, unique};
+use mq_core::{
+    Broker, Consumer, Error, Message, Position, Producer, ProducerOptions, StartPosition, Subscription,
+};
+use mq_kafka::KafkaBroker;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+async fn mock_broker(mock: &Mock, extra: &str) -> KafkaBroker {
+    let options = if extra.is_empty() {
+        MOCK_OPTIONS.to_string()
+    } else {
+        format!("{MOCK_OPTIONS}&{extra}")
+    };
+    connect(config(mock.servers(), &options)).await
+}
+
+fn earliest(topic: &str, group: &str) -> Subscription {
+    Subscription::new(topic, group).start(StartPosition::Earliest)
+}
+
+async fn producer(broker: &KafkaBroker) -> Box<dyn Producer> {
+    broker
+        .producer(ProducerOptions::default())
+        .await
+        .expect("producer")
+}
+
+/// Receives until `stop` says so or `within` passes; acks everything.
+async fn drain(
+    consumer: &mut dyn Consumer,
+    within: Duration,
+    mut stop: impl FnMut(&HashSet<String>) -> bool,
+) -> HashSet<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = HashSet::new();
+    while !stop(&seen) && Instant::now() < deadline {
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(250), consumer.recv()).await {
+            d.ack().await.expect("ack");
+            seen.insert(d.message().id.clone());
+        }
+    }
+    seen
+}
+
+/// The group's committed offset of `topic`/`partition`, read as another
+/// client would.
+fn committed(servers: &str, group: &str, topic: &str, partition: i32) -> Offset {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let offsets = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    offsets.elements()[0].offset()
+}
+
+async fn committed_becomes(servers: &str, group: &str, topic: &str, partition: i32, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, g, t) = (servers.to_string(), group.to_string(), topic.to_string());
+        let now = tokio::task::spawn_blocking(move || committed(&s, &g, &t, partition))
+            .await
+            .unwrap();
+        if now == Offset::Offset(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed offset of {topic}/{partition} is {now:?}, expected {want} within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_order_acks_commit_only_the_contiguous_prefix() {
+    let mock = Mock::start();
+    let broker = mock_broker(&mock, "").await;
+    let topic = unique("prefix");
+    let mut consumer = broker
+        .subscribe(earliest(&topic, "g").prefetch(10))
+        .await
+        .unwrap();
+    let producer = producer(&broker).await;
+    // One key: one partition, offsets 0..5.
+    let receipts = producer
+        .send_batch(
+            &topic,
+            (0..5)
+                .map(|i| Message::new(format!("{i}")).with_key("k"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let Position::Offset {
+        partition: Some(partition),
+        offset: first,
+    } = receipts[0].position
+    else {
+        panic!(
+            "a Kafka receipt has a partition and offset: {:?}",
+            receipts[0].position
+        );
+    };
+    assert_eq!(first, 0);
+    let mut deliveries = Vec::new();
+    for i in 0..5 {
+        deliveries.push(expect_delivery(&mut *consumer, &format!("message {i}")).await);
+    }
+    for i in [0, 1, 3, 4] {
+        deliveries[i].ack().await.unwrap();
+    }
+    // Offsets 0 and 1 are acked: the group commits 2 (the next to read)...
+    committed_becomes(mock.servers(), "g", &topic, partition, 2).await;
+    // ...and stays there while offset 2 is unacked, across auto-commits.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, t) = (mock.servers().to_string(), topic.clone());
+    let still = tokio::task::spawn_blocking(move || committed(&s, "g", &t, partition))
+        .await
+        .unwrap();
+    assert_eq!(
+        still,
+        Offset::Offset(2),
+        "an unacked offset holds the commit back"
+    );
+    deliveries[2].ack().await.unwrap();
+    committed_becomes(mock.servers(), "g", &topic, partition, 5).await;
+    consumer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_leaving_mid_stream_loses_nothing() {
+    const N: usize = 600;
+    let mock = Mock::start();
+    let broker = Arc::new(mock_broker(&mock, "").await);
+    let topic = unique("leave");
+    let mut leaving = broker
+        .subscribe(earliest(&topic, "g").prefetch(10))
+        .await
+        .unwrap();
+    let mut staying = broker
+        .subscribe(earliest(&topic, "g").prefetch(10))
+        .await
+        .unwrap();
+    let producer = producer(&broker).await;
+    let mut sent = HashSet::new();
+    for chunk in 0..(N / 100) {
+        let batch: Vec<Message> = (0..100)
+            .map(|i| Message::new(format!("{chunk}-{i}")).with_key(format!("k{}", i % 16)))
+            .collect();
+        for r in producer.send_batch(&topic, batch).await.unwrap() {
+            sent.insert(r.id);
+        }
+    }
+    // The leaving member acks some, then leaves holding 3 unacked deliveries.
+    let mut acked_by_leaving = Vec::new();
+    let mut unacked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unacked.len() < 3 && Instant::now() < deadline {
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(250), leaving.recv()).await {
+            if acked_by_leaving.len() < 50 {
+                d.ack().await.unwrap();
+                acked_by_leaving.push(d.message().id.clone());
+            } else {
+                unacked.push(d);
+            }
+        }
+    }
+    assert_eq!(unacked.len(), 3, "the leaving member got its share");
+    let unacked_ids: HashSet<String> = unacked.iter().map(|d| d.message().id.clone()).collect();
+    drop(unacked);
+    leaving.close().await.unwrap();
+
+    // The staying member gets the rest, including the handed-back three.
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in &acked_by_leaving {
+        *counts.entry(id.clone()).or_default() += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counts.len() < N && Instant::now() < deadline {
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(250), staying.recv()).await {
+            d.ack().await.unwrap();
+            *counts.entry(d.message().id.clone()).or_default() += 1;
+        }
+    }
+    // Late duplicates would show up within a short while.
+    let extra = drain(&mut *staying, Duration::from_secs(2), |_| false).await;
+    for id in extra {
+        *counts.entry(id).or_default() += 1;
+    }
+    let got: HashSet<String> = counts.keys().cloned().collect();
+    assert_eq!(got, sent, "every message was consumed");
+    let duplicated: Vec<&String> = counts.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
+    for id in &duplicated {
+        assert!(
+            unacked_ids.contains(*id),
+            "message {id} was acked and still delivered again"
+        );
+    }
+    println!(
+        "{N} sent; the leaving member acked {} and left holding 3; {} consumed, {} delivered twice",
+        acked_by_leaving.len(),
+        got.len(),
+        duplicated.len()
+    );
+    staying.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_confirmed_send_is_consumed_through_broker_faults() {
+    const N: usize = 5000;
+    const BATCH: usize = 50;
+    let mock = Mock::start();
+    let broker = Arc::new(mock_broker(&mock, "").await);
+    let topic = unique("faults");
+    let producer: Arc<dyn Producer> = Arc::from(producer(&broker).await);
+    // The topic exists (and has leaders) before the faults begin.
+    producer.send(&topic, Message::new("warm-up")).await.unwrap();
+
+    let sender = {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        tokio::spawn(async move {
+            let mut confirmed = Vec::new();
+            let mut failed = 0usize;
+            let mut tasks = Vec::new();
+            for b in 0..(N / BATCH) {
+                let (producer, topic) = (producer.clone(), topic.clone());
+                tasks.push(tokio::spawn(async move {
+                    let batch: Vec<Message> = (0..BATCH)
+                        .map(|i| Message::new(format!("{b}-{i}")).with_key(format!("k{}", i % 8)))
+                        .collect();
+                    producer.send_batch(&topic, batch).await
+                }));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(receipts) => confirmed.extend(receipts.into_iter().map(|r| r.id)),
+                    Err(e) => {
+                        eprintln!("a batch failed: {e}");
+                        failed += BATCH;
+                    }
+                }
+            }
+            (confirmed, failed)
+        })
+    };
+    // Faults while the sends run: produce requests fail, then a broker
+    // goes down and comes back, twice.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cluster = mock.cluster();
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+        ],
+    );
+    for broker_id in [1, 2] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cluster.broker_down(broker_id).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.broker_up(broker_id).unwrap();
+    }
+    drop(cluster);
+    let (confirmed, failed) = tokio::time::timeout(Duration::from_secs(120), sender)
+        .await
+        .expect("the sends finish within 120 s")
+        .unwrap();
+    let confirmed: HashSet<String> = confirmed.into_iter().collect();
+
+    let mut consumer = broker.subscribe(earliest(&topic, "check")).await.unwrap();
+    let consumed = drain(&mut *consumer, Duration::from_secs(60), |seen| {
+        confirmed.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    let missing = confirmed.difference(&consumed).count();
+    println!(
+        "{N} sends: {} confirmed, {failed} failed, {} distinct consumed, {missing} confirmed but not consumed",
+        confirmed.len(),
+        consumed.len()
+    );
+    assert_eq!(missing, 0, "every confirmed send was consumed");
+    assert!(
+        confirmed.len() + failed == N,
+        "every send was confirmed or failed"
+    );
+    consumer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_bootstrap_servers_fail_within_the_bound() {
+    let started = Instant::now();
+    let err = KafkaBroker::connect(config("127.0.0.1:1", ""))
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unknown_librdkafka_property_is_named() {
+    let mock = Mock::start();
+    let err = KafkaBroker::connect(config(mock.servers(), "rdkafka.no.such.property=1"))
+        .await
+        .expect_err("librdkafka rejects an unknown property");
+    assert!(matches!(err, Error::InvalidOption { .. }), "{err:?}");
+    assert!(err.to_string().contains("no.such.property"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_mq_option_is_an_error() {
+    let url = mq_core::BrokerUrl::parse("kafka://127.0.0.1:9092?partitons=3").unwrap();
+    let err = mq_kafka::KafkaConfig::from_url(&url).unwrap_err();
+    assert!(matches!(err, Error::UnknownOption { .. }), "{err:?}");
+    assert!(err.to_string().contains("partitons"), "{err}");
+}
+
+#[tokio::test]
+async fn a_message_over_message_max_bytes_names_topic_and_size() {
+    let mock = Mock::start();
+    let broker = mock_broker(&mock, "rdkafka.message.max.bytes=10000").await;
+    let producer = producer(&broker).await;
+    let topic = unique("big");
+    let err = producer
+        .send(&topic, Message::new(vec![7u8; 20_000]))
+        .await
+        .expect_err("over message.max.bytes");
+    let Error::TooLarge {
+        topic: named,
+        size,
+        limit,
+    } = &err
+    else {
+        panic!("expected TooLarge, got {err:?}");
+    };
+    assert_eq!(named, &topic);
+    assert!(*size >= 20_000, "{size}");
+    assert_eq!(*limit, 10_000);
+    let text = err.to_string();
+    assert!(
+        text.contains(&topic) && text.contains(&size.to_string()),
+        "{text}"
+    );
+    // A message under the limit still goes through.
+    producer
+        .send(&topic, Message::new(vec![7u8; 1000]))
+        .await
+        .unwrap();
+}
