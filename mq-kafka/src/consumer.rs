@@ -139,16 +139,16 @@ impl Ctx {
             std::mem::take(&mut *self.uncommitted.lock().unwrap_or_else(PoisonError::into_inner));
         let mut tpl = TopicPartitionList::new();
         for e in assigned.elements() {
-            if let Some(next) = uncommitted.get(&(e.topic().to_string(), e.partition())) {
-                if let Err(err) = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*next)) {
-                    tracing::debug!(error = %err, "offset list");
-                }
+            if let Some(next) = uncommitted.get(&(e.topic().to_string(), e.partition()))
+                && let Err(err) = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*next))
+            {
+                tracing::debug!(error = %err, "offset list");
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(error = %e, "committing acked offsets after a rebalance failed; they are delivered again");
-            }
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "committing acked offsets after a rebalance failed; they are delivered again");
         }
     }
 }
