@@ -262,7 +262,7 @@ impl Shared {
         self.inner.ensure_topic(topic).await?;
         let delivery = self.inner.enqueue(topic, message, attempt).await?;
         self.inner
-            .delivered(topic, &message.id, delivery)
+            .delivered(&topic.into(), &message.id, delivery)
             .await
             .map(|_| ())
     }
@@ -367,7 +367,9 @@ fn decode(m: &BorrowedMessage<'_>) -> (Message, u32, Option<u64>) {
 #[derive(Debug)]
 pub struct KafkaConsumer {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Result<Delivery>>,
+    rx: mpsc::Receiver<Result<Vec<Delivery>>>,
+    /// Deliveries handed over and not yet returned by `recv`.
+    ready: std::collections::VecDeque<Delivery>,
     /// Fires when the poll thread has left the group and ended.
     done: Option<oneshot::Receiver<()>>,
     closed: bool,
@@ -440,12 +442,16 @@ impl KafkaConsumer {
         Ok(KafkaConsumer {
             shared,
             rx,
+            ready: std::collections::VecDeque::new(),
             done: Some(done),
             closed: false,
         })
     }
 }
 
+/// How long the poll thread waits for a free prefetch slot before it
+/// pauses the partitions (and goes on serving rebalances).
+const PERMIT_WAIT: Duration = Duration::from_millis(200);
 /// How long one poll waits for a message.
 const POLL: Duration = Duration::from_millis(20);
 /// How long one poll waits while the partitions are paused: short, so a
@@ -456,7 +462,11 @@ const POLL_PAUSED: Duration = Duration::from_millis(5);
 /// group's rebalances), and hands messages out while prefetch slots are
 /// free. With none free it pauses the assigned partitions and keeps polling,
 /// so a full consumer still takes part in rebalances.
-fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Result<Delivery>>, runtime: &tokio::runtime::Handle) {
+fn poll_loop(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Result<Vec<Delivery>>>,
+    runtime: &tokio::runtime::Handle,
+) {
     let mut failures = 0u32;
     // The assignment count when the partitions were paused, if they are.
     let mut paused: Option<u64> = None;
@@ -467,7 +477,9 @@ fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Result<Delivery>>, runtime:
             return;
         }
         let permit = if state == RUN {
-            shared.permits.clone().try_acquire_owned().ok()
+            // A consumer that is merely busy gets a slot back soon: wait a
+            // little before pausing (pausing drops what librdkafka fetched).
+            wait_for_permit(&shared.permits)
         } else {
             None
         };
@@ -520,44 +532,84 @@ fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Result<Delivery>>, runtime:
                 Err(_) => return,
             },
         };
-        let (message, attempt, due) = decode(&m);
-        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+        // What else is already fetched goes along in the same batch: one
+        // hand-over (and wake-up) per batch, not per message.
+        let mut batch = Vec::new();
+        hand_out(shared, &m, permit, &mut batch, tx, runtime);
         drop(m);
-        let generation = shared
-            .tracker
-            .add(&topic, partition, offset, message.clone(), attempt);
-        let handle = KafkaAck {
-            shared: shared.clone(),
-            topic,
-            partition,
-            offset,
-            generation,
-            permit: Mutex::new(Some(permit)),
-        };
-        let delivery = Delivery::new(
-            message,
-            attempt,
-            shared.topic.clone(),
-            shared.group.clone(),
-            Box::new(handle),
-        );
-        match due.map(|d| d.saturating_sub(now_millis())) {
-            // A delayed copy waits (holding its prefetch slot) until due;
-            // reading goes on meanwhile.
-            Some(wait) if wait > 0 => {
-                let tx = tx.clone();
-                runtime.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                    let _ = tx.send(Ok(delivery)).await;
-                });
-            }
-            // Never blocks long: the channel holds more than the prefetch.
-            _ => {
-                if tx.blocking_send(Ok(delivery)).is_err() {
-                    return;
-                }
+        while batch.len() < MAX_BATCH {
+            let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            match shared.consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => hand_out(shared, &m, permit, &mut batch, tx, runtime),
+                // An error or nothing: the next round deals with it.
+                _ => break,
             }
         }
+        // Never blocks long: the channel holds more batches than the prefetch.
+        if !batch.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Most deliveries handed over at once.
+const MAX_BATCH: usize = 256;
+
+/// Makes `m` a delivery: into `batch`, or, when it is a delayed copy not yet
+/// due, held (with its prefetch slot) by a task until it is.
+fn hand_out(
+    shared: &Arc<Shared>,
+    m: &BorrowedMessage<'_>,
+    permit: OwnedSemaphorePermit,
+    batch: &mut Vec<Delivery>,
+    tx: &mpsc::Sender<Result<Vec<Delivery>>>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let (message, attempt, due) = decode(m);
+    let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+    let generation = shared
+        .tracker
+        .add(&topic, partition, offset, message.clone(), attempt);
+    let handle = KafkaAck {
+        shared: shared.clone(),
+        topic,
+        partition,
+        offset,
+        generation,
+        permit: Mutex::new(Some(permit)),
+    };
+    let delivery = Delivery::new(
+        message,
+        attempt,
+        shared.topic.clone(),
+        shared.group.clone(),
+        Box::new(handle),
+    );
+    match due.map(|d| d.saturating_sub(now_millis())) {
+        Some(wait) if wait > 0 => {
+            let tx = tx.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let _ = tx.send(Ok(vec![delivery])).await;
+            });
+        }
+        _ => batch.push(delivery),
+    }
+}
+
+/// A free prefetch slot, waited for up to [`PERMIT_WAIT`].
+fn wait_for_permit(permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    let deadline = std::time::Instant::now() + PERMIT_WAIT;
+    loop {
+        if let Ok(p) = permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -652,9 +704,16 @@ impl Consumer for KafkaConsumer {
         if self.closed || self.shared.inner.is_closed() {
             return Ok(None);
         }
+        if let Some(d) = self.ready.pop_front() {
+            return Ok(Some(d));
+        }
         tokio::select! {
             d = self.rx.recv() => match d {
-                Some(result) => result.map(Some),
+                Some(Ok(batch)) => {
+                    self.ready.extend(batch);
+                    Ok(self.ready.pop_front())
+                }
+                Some(Err(e)) => Err(e),
                 None => Ok(None),
             },
             () = wait_closed(&self.shared.inner) => Ok(None),

@@ -75,10 +75,15 @@ impl Inner {
     }
 
     /// Waits for a delivery report.
-    pub(crate) async fn delivered(&self, topic: &str, id: &str, delivery: DeliveryFuture) -> Result<Receipt> {
+    pub(crate) async fn delivered(
+        &self,
+        topic: &Arc<str>,
+        id: &str,
+        delivery: DeliveryFuture,
+    ) -> Result<Receipt> {
         match delivery.await {
             Ok(Ok(d)) => Ok(Receipt::new(
-                topic,
+                topic.clone(),
                 id,
                 Position::Offset {
                     partition: Some(d.partition),
@@ -114,11 +119,12 @@ impl KafkaProducer {
             for m in messages {
                 pending.push(self.inner.enqueue(topic, m, None).await?);
             }
+            let shared_topic: Arc<str> = topic.into();
             let reports = futures::future::join_all(
                 messages
                     .iter()
                     .zip(pending)
-                    .map(|(m, d)| self.inner.delivered(topic, &m.id, d)),
+                    .map(|(m, d)| self.inner.delivered(&shared_topic, &m.id, d)),
             )
             .await;
             reports.into_iter().collect::<Result<Vec<_>>>()

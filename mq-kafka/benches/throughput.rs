@@ -1,0 +1,226 @@
+//! mq-kafka against raw rdkafka on the same cluster, in one run, interleaved
+//! rounds, identical producer settings (idempotent, `acks=all`, the same
+//! `linger.ms`): 100-byte messages.
+//!
+//! - produce: batches of 1,000, every delivery report of a batch awaited
+//!   together (raw: `FutureProducer::send_result`, then the futures; mq:
+//!   `send_batch`).
+//! - consume+ack: a new group reads the topic from the earliest offset and
+//!   acks each message (raw: `BaseConsumer` with `enable.auto.offset.store=false`
+//!   and `store_offset` per message, auto-commit every second; mq: `recv` +
+//!   `ack`, prefetch 1,000). Timed from the first message to the last.
+//!
+//! Prints msgs/s for both and the ratios (median of the rounds), for
+//! `linger.ms` 5 and 0.
+//!
+//! Run: `cargo bench -p mq-kafka --bench throughput`. The cluster is
+//! `MQ_TEST_KAFKA_BROKERS` when set, else librdkafka's embedded mock cluster
+//! (in process, so it shares the CPU with both clients).
+//! `MQ_BENCH_MESSAGES` (default 50,000), `MQ_BENCH_ROUNDS` (default 5).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use mq_core::{Broker, BrokerUrl, Message, ProducerOptions, StartPosition, Subscription};
+use mq_kafka::{KafkaBroker, KafkaConfig};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer as _};
+
+const BATCH: usize = 1000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn unique(what: &str) -> String {
+    format!("bench-{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The options both clients get (plus mq's own on the mock).
+fn producer_config(servers: &str, linger: u32) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger.to_string());
+    c
+}
+
+async fn raw_produce(producer: &FutureProducer, topic: &str, n: usize) -> f64 {
+    let payload = vec![b'x'; 100];
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let mut pending = Vec::with_capacity(BATCH);
+        for i in 0..BATCH.min(n - sent) {
+            let key = format!("k{}", (sent + i) % 16);
+            loop {
+                match producer.send_result(FutureRecord::to(topic).payload(&payload).key(&key)) {
+                    Ok(d) => {
+                        pending.push(d);
+                        break;
+                    }
+                    Err((e, _)) => {
+                        assert!(format!("{e}").contains("Queue full"), "{e}");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        sent += pending.len();
+        for r in futures::future::join_all(pending).await {
+            r.unwrap().unwrap();
+        }
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn mq_produce(broker: &KafkaBroker, topic: &str, n: usize) -> f64 {
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let batch: Vec<Message> = (0..BATCH.min(n - sent))
+            .map(|i| Message::new(vec![b'x'; 100]).with_key(format!("k{}", (sent + i) % 16)))
+            .collect();
+        sent += batch.len();
+        producer.send_batch(topic, batch).await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn raw_consume(servers: &str, topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", unique("raw"))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got = 0;
+    let mut started = None;
+    while got < n {
+        assert!(Instant::now() < deadline, "raw consumer: {got} of {n} in 120 s");
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            started.get_or_insert_with(Instant::now);
+            consumer
+                .store_offset(m.topic(), m.partition(), m.offset())
+                .unwrap();
+            got += 1;
+        }
+    }
+    (n - 1) as f64 / started.unwrap().elapsed().as_secs_f64()
+}
+
+async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize) -> f64 {
+    let mut consumer = broker
+        .subscribe(
+            Subscription::new(topic, unique("mq"))
+                .start(StartPosition::Earliest)
+                .prefetch(1000),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got = 0;
+    let mut started = None;
+    while got < n {
+        assert!(Instant::now() < deadline, "mq consumer: {got} of {n} in 120 s");
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            started.get_or_insert_with(Instant::now);
+            d.ack().await.unwrap();
+            got += 1;
+        }
+    }
+    let rate = (n - 1) as f64 / started.unwrap().elapsed().as_secs_f64();
+    consumer.close().await.unwrap();
+    rate
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n = env_usize("MQ_BENCH_MESSAGES", 50_000);
+    let rounds = env_usize("MQ_BENCH_ROUNDS", 5).max(1);
+    // The mock cluster lives as long as its owner client.
+    let (servers, _owner, mq_extra) = match std::env::var("MQ_TEST_KAFKA_BROKERS") {
+        Ok(s) if !s.trim().is_empty() => (s, None, String::new()),
+        _ => {
+            let owner: BaseProducer = ClientConfig::new()
+                .set("test.mock.num.brokers", "3")
+                .create()
+                .unwrap();
+            let servers = owner.client().mock_cluster().unwrap().bootstrap_servers();
+            (servers, Some(owner), "&create_topics=false".to_string())
+        }
+    };
+    println!(
+        "mq-kafka vs raw rdkafka on {servers}: {n} messages of 100 bytes, {rounds} rounds, \
+         interleaved; median msgs/s"
+    );
+    for linger in [5u32, 0] {
+        let raw_producer: FutureProducer = producer_config(&servers, linger).create().unwrap();
+        let url = format!("kafka://{servers}?rdkafka.linger.ms={linger}{mq_extra}");
+        let broker = KafkaBroker::connect(KafkaConfig::from_url(&BrokerUrl::parse(&url).unwrap()).unwrap())
+            .await
+            .unwrap();
+        let (mut rp, mut mp, mut rc, mut mc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (raw_topic, mq_topic) = (unique("raw"), unique("mq"));
+            // Both topics exist (created on first use) before timing.
+            raw_produce(&raw_producer, &raw_topic, 1).await;
+            mq_produce(&broker, &mq_topic, 1).await;
+            // Alternate which side goes first.
+            if round % 2 == 0 {
+                rp.push(raw_produce(&raw_producer, &raw_topic, n).await);
+                mp.push(mq_produce(&broker, &mq_topic, n).await);
+            } else {
+                mp.push(mq_produce(&broker, &mq_topic, n).await);
+                rp.push(raw_produce(&raw_producer, &raw_topic, n).await);
+            }
+            // Each consumer reads the n + 1 messages of its own topic.
+            let (s, t) = (servers.clone(), raw_topic.clone());
+            let raw = move || raw_consume(&s, &t, n + 1);
+            if round % 2 == 0 {
+                rc.push(tokio::task::spawn_blocking(raw).await.unwrap());
+                mc.push(mq_consume(&broker, &mq_topic, n + 1).await);
+            } else {
+                mc.push(mq_consume(&broker, &mq_topic, n + 1).await);
+                rc.push(tokio::task::spawn_blocking(raw).await.unwrap());
+            }
+            println!(
+                "  linger.ms={linger} round {}: produce raw {:.0} mq {:.0}; consume+ack raw {:.0} mq {:.0}",
+                round + 1,
+                rp[round],
+                mp[round],
+                rc[round],
+                mc[round]
+            );
+        }
+        let (rp, mp, rc, mc) = (median(rp), median(mp), median(rc), median(mc));
+        println!(
+            "linger.ms={linger}  produce: raw {rp:.0} msg/s, mq-kafka {mp:.0} msg/s, ratio {:.2} (target >= 0.9)",
+            mp / rp
+        );
+        println!(
+            "linger.ms={linger}  consume+ack: raw {rc:.0} msg/s, mq-kafka {mc:.0} msg/s, ratio {:.2} (target >= 0.8)",
+            mc / rc
+        );
+        broker.close().await.unwrap();
+    }
+}
