@@ -82,6 +82,11 @@ ensure_rabbitmq() {
   fi
 }
 
+# rdkafka builds its bundled librdkafka: a C compiler and make.
+if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
+  apt_install build-essential || die "mq-kafka needs a C compiler and make to build librdkafka; install them (build-essential)"
+fi
+
 has_tests mq-redis && ensure_redis
 has_tests mq-rabbit && ensure_rabbitmq
 # mq-kafka runs on librdkafka's embedded mock cluster unless

@@ -2,11 +2,12 @@
 //! includes.
 
 /// A registry with every backend compiled into the examples: `memory://`,
-/// `redis://` and `amqp://`; Kafka once its adapter exists.
+/// `redis://`, `amqp://` and `kafka://`.
 pub fn registry() -> mq_core::Registry {
     let mut registry = mq_core::Registry::new();
     mq_memory::register(&mut registry);
     mq_redis::register(&mut registry);
     mq_rabbit::register(&mut registry);
+    mq_kafka::register(&mut registry);
     registry
 }
