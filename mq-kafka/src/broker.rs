@@ -20,6 +20,7 @@ use crate::KafkaConfig;
 use crate::consumer::KafkaConsumer;
 use crate::error::map;
 use crate::producer::KafkaProducer;
+use crate::transaction::KafkaTransactionalProducer;
 
 /// A Kafka cluster.
 ///
@@ -108,6 +109,18 @@ impl KafkaBroker {
     /// The settings.
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
+    }
+
+    /// A transactional producer with `transactional_id`: its `send_batch` is
+    /// atomic, and [`KafkaTransactionalProducer::begin`] opens transactions
+    /// spanning several sends and topics.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after `close`; the cluster's error when it does not
+    /// support transactions or the id is fenced.
+    pub async fn transactional_producer(&self, transactional_id: &str) -> Result<KafkaTransactionalProducer> {
+        KafkaTransactionalProducer::new(self.inner.clone(), transactional_id).await
     }
 }
 
@@ -202,6 +215,8 @@ pub(crate) fn capabilities(max_message_bytes: usize) -> Capabilities {
     // Kafka does not take back one message on a timer.
     caps.ack_timeout_redelivery = false;
     caps.dead_letter = true;
+    // Through `KafkaBroker::transactional_producer`.
+    caps.transactions = true;
     caps.max_message_bytes = Some(max_message_bytes);
     caps
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use mq_core::{BrokerUrl, Error, Result};
 use rdkafka::ClientConfig;
+use serde::Deserialize;
 
 /// Where and how to connect, from a `kafka://host1:9092,host2:9092` URL.
 ///
@@ -57,7 +58,55 @@ impl std::fmt::Debug for KafkaConfig {
     }
 }
 
+/// The options of [`KafkaConfig`] as serde reads them (from a config file,
+/// say), rejecting unknown ones: `partitions`, `replication`,
+/// `create_topics`, and `rdkafka`, a table of librdkafka properties.
+///
+/// ```
+/// let options: mq_kafka::KafkaOptions = serde_json::from_str(
+///     r#"{"partitions": 6, "rdkafka": {"linger.ms": "5", "security.protocol": "SASL_SSL"}}"#,
+/// ).unwrap();
+/// let config = mq_kafka::KafkaConfig::new("a:9092,b:9092", options);
+/// assert_eq!(config.partitions, 6);
+/// assert!(serde_json::from_str::<mq_kafka::KafkaOptions>(r#"{"partitons": 6}"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KafkaOptions {
+    /// Partitions of topics mq creates.
+    pub partitions: i32,
+    /// Replication factor of topics mq creates.
+    pub replication: i32,
+    /// Whether mq creates topics through the admin client.
+    pub create_topics: bool,
+    /// librdkafka properties, passed through to every client.
+    pub rdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaOptions {
+    fn default() -> Self {
+        KafkaOptions {
+            partitions: 3,
+            replication: 1,
+            create_topics: true,
+            rdkafka: BTreeMap::new(),
+        }
+    }
+}
+
 impl KafkaConfig {
+    /// A config for `bootstrap_servers` (`host:port,host:port`) with `options`.
+    pub fn new(bootstrap_servers: impl Into<String>, options: KafkaOptions) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            partitions: options.partitions.max(1),
+            replication: options.replication.max(1),
+            create_topics: options.create_topics,
+            properties: options.rdkafka,
+        }
+    }
+
     /// The mq option names (librdkafka's go through `rdkafka.<name>`).
     pub const OPTIONS: &'static [&'static str] = &["partitions", "replication", "create_topics"];
 
@@ -99,13 +148,13 @@ impl KafkaConfig {
                 .entry("sasl.password".into())
                 .or_insert_with(|| pass.expose().to_string());
         }
-        let mut config = KafkaConfig {
+        let mut config = KafkaConfig::new(
             bootstrap_servers,
-            partitions: 3,
-            replication: 1,
-            create_topics: true,
-            properties,
-        };
+            KafkaOptions {
+                rdkafka: properties,
+                ..KafkaOptions::default()
+            },
+        );
         let bad = |option: &str, reason: &str| Error::InvalidOption {
             backend: "kafka",
             option: option.into(),

@@ -13,6 +13,7 @@
 //! | dead letter | produced to `{topic}.dlq` with reason headers, then ack |
 //! | crashed consumer | uncommitted offsets are read again by the member that gets the partition |
 //! | start at latest | a new group's offsets are set to the end of each partition when it subscribes |
+//! | transactions | [`KafkaBroker::transactional_producer`]: an atomic `send_batch`, and explicit transactions over several sends and topics; consumers read committed messages only |
 //!
 //! Ordering: messages of one key keep their order, except a requeued
 //! message, which comes back through the retry topic after the ones that
@@ -33,8 +34,12 @@ mod config;
 mod consumer;
 mod error;
 mod producer;
+#[cfg(feature = "testcontainers")]
+pub mod testing;
+mod transaction;
 
 pub use broker::{KafkaBroker, KafkaConnector, register};
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, KafkaOptions};
 pub use consumer::KafkaConsumer;
 pub use producer::KafkaProducer;
+pub use transaction::{KafkaTransaction, KafkaTransactionalProducer};

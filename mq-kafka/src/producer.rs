@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send, headers};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::broker::Inner;
 use crate::error::map;
@@ -48,6 +48,17 @@ impl Inner {
         message: &Message,
         attempt: Option<u32>,
     ) -> Result<DeliveryFuture> {
+        self.enqueue_on(&self.producer, topic, message, attempt).await
+    }
+
+    /// As [`Inner::enqueue`], on `producer` (a transactional one, say).
+    pub(crate) async fn enqueue_on(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        message: &Message,
+        attempt: Option<u32>,
+    ) -> Result<DeliveryFuture> {
         let ts = i64::try_from(message.timestamp_millis()).unwrap_or(i64::MAX);
         loop {
             let mut record = FutureRecord::to(topic)
@@ -57,7 +68,7 @@ impl Inner {
             if let Some(key) = &message.key {
                 record = record.key(key.as_bytes());
             }
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -374,3 +374,77 @@ async fn a_message_over_message_max_bytes_names_topic_and_size() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_are_all_or_nothing() {
+    // The mock cluster runs transactions but does not model aborted ones
+    // (its Fetch reports none), so the abort is checked on a real Kafka only.
+    let real = common::real_brokers();
+    let mock = Mock::start();
+    let broker = match &real {
+        Some(servers) => connect(config(servers, "")).await,
+        None => mock_broker(&mock, "").await,
+    };
+    assert!(broker.capabilities().transactions);
+    let topic = unique("txn");
+    let mut consumer = broker.subscribe(earliest(&topic, "g")).await.unwrap();
+    let producer = broker.transactional_producer(&unique("txn-id")).await.unwrap();
+
+    // send_batch is one committed transaction.
+    let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("batch {i}"))).collect();
+    let committed: HashSet<String> = producer
+        .send_batch(&topic, batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+
+    // An aborted transaction leaves nothing visible; a later committed one does.
+    let aborted = producer.begin().await.unwrap();
+    let mut aborted_ids = HashSet::new();
+    for i in 0..3 {
+        aborted_ids.insert(
+            aborted
+                .send(&topic, Message::new(format!("aborted {i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    aborted.abort().await.unwrap();
+    let txn = producer.begin().await.unwrap();
+    let mut later = HashSet::new();
+    for i in 0..2 {
+        later.insert(
+            txn.send(&topic, Message::new(format!("later {i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    txn.commit().await.unwrap();
+
+    let want: HashSet<String> = committed.union(&later).cloned().collect();
+    let seen = drain(&mut *consumer, Duration::from_secs(30), |seen| {
+        want.is_subset(seen)
+    })
+    .await;
+    assert!(want.is_subset(&seen), "every committed message is consumed");
+    let extra = drain(&mut *consumer, Duration::from_secs(2), |_| false).await;
+    let seen: HashSet<String> = seen.union(&extra).cloned().collect();
+    if real.is_some() {
+        assert!(
+            seen.is_disjoint(&aborted_ids),
+            "messages of the aborted transaction were consumed"
+        );
+        assert_eq!(seen, want);
+    } else {
+        println!(
+            "mock cluster: {} committed messages consumed; the abort is not checked (the mock does not model aborted transactions)",
+            want.len()
+        );
+        assert!(seen.is_subset(&want.union(&aborted_ids).cloned().collect()));
+    }
+    consumer.close().await.unwrap();
+}

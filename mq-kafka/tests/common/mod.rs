@@ -106,9 +106,24 @@ pub(crate) fn real_brokers() -> Option<String> {
         .filter(|s| !s.trim().is_empty())
 }
 
-/// A fresh broker: on `MQ_TEST_KAFKA_BROKERS` when set, else on a new mock
-/// cluster owned by the broker.
+/// Whether a Docker engine is reachable (its socket, or `DOCKER_HOST`).
+fn docker_available() -> bool {
+    std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists()
+}
+
+/// A fresh broker: on `MQ_TEST_KAFKA_BROKERS` when set; else, with feature
+/// `testcontainers` and a Docker engine, on a new `apache/kafka` container;
+/// else on a new mock cluster. The broker owns its container or mock.
 pub(crate) async fn broker() -> Arc<dyn Broker> {
+    #[cfg(feature = "testcontainers")]
+    if real_brokers().is_none() && docker_available() {
+        let kafka = mq_kafka::testing::TestKafka::start()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let broker = connect(config(kafka.bootstrap_servers(), "")).await;
+        return Arc::new(mq_core::testkit::Owning::new(Arc::new(broker), kafka));
+    }
+    let _ = docker_available;
     match real_brokers() {
         Some(servers) => Arc::new(connect(config(&servers, "")).await),
         None => {
