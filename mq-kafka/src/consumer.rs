@@ -288,7 +288,11 @@ impl Shared {
         let mut copy = message.clone();
         copy.headers.remove(DUE);
         if !delay.is_zero() {
-            let due = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            // Rounded up: `now_millis` truncates, and the copy must not be
+            // due a fraction of a millisecond early.
+            let due = now_millis()
+                .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+                .saturating_add(1);
             copy.headers.insert(DUE.into(), due.to_string());
         }
         self.produce_copy(&self.retry_topic.clone(), &copy, Some(attempt.saturating_add(1)))
