@@ -95,9 +95,10 @@ pub(crate) async fn connect(config: KafkaConfig) -> KafkaBroker {
 /// The options the tests need on the mock cluster: it has no CreateTopics
 /// API, and creates a topic when a producer first asks for it. Its group
 /// coordinator waits `session.timeout.ms` - 1 s for members to rejoin (a real
-/// one stops waiting once all have), so the session is short.
+/// one stops waiting once all have), so the session is short, but not so
+/// short that a loaded machine misses heartbeats (2 s did, now and then).
 pub(crate) const MOCK_OPTIONS: &str = "create_topics=false\
-    &rdkafka.session.timeout.ms=2000&rdkafka.heartbeat.interval.ms=300";
+    &rdkafka.session.timeout.ms=4000&rdkafka.heartbeat.interval.ms=500";
 
 /// `MQ_TEST_KAFKA_BROKERS`, when set.
 pub(crate) fn real_brokers() -> Option<String> {
