@@ -141,6 +141,15 @@ impl Subscription {
     pub fn attempts_exhausted(&self, attempt: u32) -> bool {
         self.max_attempts.is_some_and(|max| attempt >= max)
     }
+
+    /// The dead-letter reason for a delivery on its `attempt`-th try that has
+    /// used up its attempts ([`attempts_exhausted_reason`](crate::attempts_exhausted_reason));
+    /// `None` while it may be tried again.
+    pub fn exhausted_reason(&self, attempt: u32) -> Option<String> {
+        self.max_attempts
+            .filter(|_| self.attempts_exhausted(attempt))
+            .map(crate::attempts_exhausted_reason)
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +166,22 @@ mod tests {
             !Subscription::new("t", "g")
                 .unlimited_attempts()
                 .attempts_exhausted(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn exhausted_reason_names_the_limit_once_it_is_reached() {
+        let sub = Subscription::new("t", "g").max_attempts(3);
+        assert_eq!(sub.exhausted_reason(2), None);
+        assert_eq!(
+            sub.exhausted_reason(3).as_deref(),
+            Some("max attempts (3) reached")
+        );
+        assert_eq!(
+            Subscription::new("t", "g")
+                .unlimited_attempts()
+                .exhausted_reason(99),
+            None
         );
     }
 

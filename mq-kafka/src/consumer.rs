@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use mq_core::{
     AckHandle, Consumer, Delivery, Error, Message, Nack, Result, StartPosition, Subscription,
-    attempts_exhausted_reason, dead_letter_message, headers, time_from_millis,
+    dead_letter_message, headers, time_from_millis,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::RDKafkaErrorCode;
@@ -276,14 +276,8 @@ impl Shared {
     /// A copy with attempt + 1 (due after `delay`) to the group's retry
     /// topic, or a dead letter once the attempts are used up.
     async fn requeue(&self, message: &Message, attempt: u32, delay: Duration) -> Result<()> {
-        if let Some(max) = self
-            .sub
-            .max_attempts
-            .filter(|_| self.sub.attempts_exhausted(attempt))
-        {
-            return self
-                .dead_letter(message, attempt, &attempts_exhausted_reason(max))
-                .await;
+        if let Some(reason) = self.sub.exhausted_reason(attempt) {
+            return self.dead_letter(message, attempt, &reason).await;
         }
         let mut copy = message.clone();
         copy.headers.remove(DUE);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use mq_core::{Message, Nack, StartPosition, Subscription, attempts_exhausted_reason, dead_letter_message};
+use mq_core::{Message, Nack, StartPosition, Subscription, dead_letter_message};
 use tokio::time::Instant;
 
 /// A message bound for a dead-letter topic: `(topic, message)`.
@@ -113,11 +113,9 @@ impl Policy {
     /// Where a failed delivery on its `attempt`-th try goes: back to the group
     /// as `attempt + 1`, or (attempts used up) to the dead-letter topic.
     fn requeue_or_dead_letter(&self, message: Arc<Message>, attempt: u32) -> Next {
-        match self.subscription.max_attempts {
-            Some(max) if self.subscription.attempts_exhausted(attempt) => {
-                Next::DeadLetter(self.dead_letter(&message, attempt, &attempts_exhausted_reason(max)))
-            }
-            _ => Next::Requeue(Redelivery {
+        match self.subscription.exhausted_reason(attempt) {
+            Some(reason) => Next::DeadLetter(self.dead_letter(&message, attempt, &reason)),
+            None => Next::Requeue(Redelivery {
                 message,
                 attempt: attempt.saturating_add(1),
             }),

@@ -14,8 +14,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use mq_core::{
-    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, Subscription, attempts_exhausted_reason,
-    dead_letter_message,
+    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, Subscription, dead_letter_message,
 };
 
 use crate::broker::{Inner, lost};
@@ -111,14 +110,8 @@ impl Ctx {
     /// Requeues for delivery `attempt + 1` (after `delay`), or dead-letters
     /// when the attempts are used up.
     async fn requeue(&self, message: &Message, attempt: u32, delay: Duration) -> Result<()> {
-        if let Some(max) = self
-            .sub
-            .max_attempts
-            .filter(|_| self.sub.attempts_exhausted(attempt))
-        {
-            return self
-                .dead_letter(message, attempt, &attempts_exhausted_reason(max))
-                .await;
+        if let Some(reason) = self.sub.exhausted_reason(attempt) {
+            return self.dead_letter(message, attempt, &reason).await;
         }
         let next = attempt.saturating_add(1);
         let target = if delay.is_zero() {

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mq_core::{
-    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, Subscription, attempts_exhausted_reason,
-    dead_letter_message,
+    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, Subscription, dead_letter_message,
 };
 use redis::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -129,19 +128,9 @@ impl Shared {
         attempt: u32,
         delay: Duration,
     ) -> Result<()> {
-        if let Some(max) = self
-            .sub
-            .max_attempts
-            .filter(|_| self.sub.attempts_exhausted(attempt))
-        {
+        if let Some(reason) = self.sub.exhausted_reason(attempt) {
             return self
-                .dead_letter(
-                    source,
-                    entry_id,
-                    message,
-                    attempt,
-                    &attempts_exhausted_reason(max),
-                )
+                .dead_letter(source, entry_id, message, attempt, &reason)
                 .await;
         }
         let next = attempt.saturating_add(1);
@@ -608,19 +597,9 @@ async fn housekeeping(
             let deliveries = codec::pending_reply(&count).first().map_or(2, |(_, n)| *n);
             let attempt = entry.attempt + deliveries.saturating_sub(1);
             tracing::debug!(topic = %shared.topic, group = %shared.group, id = %entry.message.id, attempt, "reclaimed an idle entry");
-            if let Some(max) = shared
-                .sub
-                .max_attempts
-                .filter(|_| shared.sub.attempts_exhausted(attempt - 1))
-            {
+            if let Some(reason) = shared.sub.exhausted_reason(attempt - 1) {
                 shared
-                    .dead_letter(
-                        source,
-                        &entry.id,
-                        &entry.message,
-                        attempt - 1,
-                        &attempts_exhausted_reason(max),
-                    )
+                    .dead_letter(source, &entry.id, &entry.message, attempt - 1, &reason)
                     .await?;
                 continue;
             }
