@@ -105,6 +105,54 @@ impl Inner {
             Err(_) => Err(Error::closed("kafka producer")),
         }
     }
+
+    /// Checks and sends `messages` on `producer`: every one queued, then
+    /// their delivery reports awaited together.
+    pub(crate) async fn produce_on(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        messages: &[Message],
+    ) -> Result<Vec<Receipt>> {
+        self.check_open()?;
+        check_send("kafka", topic, messages, self.config.max_message_bytes())?;
+        self.ensure_topic(topic).await?;
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in messages {
+            pending.push(self.enqueue_on(producer, topic, m, None).await?);
+        }
+        let shared_topic: Arc<str> = topic.into();
+        futures::future::join_all(
+            messages
+                .iter()
+                .zip(pending)
+                .map(|(m, d)| self.delivered(&shared_topic, &m.id, d)),
+        )
+        .await
+        .into_iter()
+        .collect()
+    }
+}
+
+/// Runs a blocking librdkafka call (flush, transactions) off the runtime's threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    producer: &FutureProducer,
+    what: &'static str,
+    endpoint: &str,
+    call: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<T> + Send + 'static,
+) -> Result<T> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || call(&producer))
+        .await
+        .map_err(|e| Error::backend("kafka", what, e.to_string()))?
+        .map_err(|e| map(e, what, endpoint))
+}
+
+/// The one receipt of a one-message send.
+pub(crate) fn single(mut receipts: Vec<Receipt>, topic: &str) -> Result<Receipt> {
+    receipts
+        .pop()
+        .ok_or_else(|| Error::backend("kafka", format!("produce to `{topic}`"), "no delivery report"))
 }
 
 /// A producer of a [`KafkaBroker`](crate::KafkaBroker): idempotent
@@ -122,24 +170,7 @@ impl KafkaProducer {
     }
 
     async fn produce(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {
-        self.inner.check_open()?;
-        check_send("kafka", topic, messages, self.inner.config.max_message_bytes())?;
-        self.inner.ensure_topic(topic).await?;
-        let work = async {
-            let mut pending = Vec::with_capacity(messages.len());
-            for m in messages {
-                pending.push(self.inner.enqueue(topic, m, None).await?);
-            }
-            let shared_topic: Arc<str> = topic.into();
-            let reports = futures::future::join_all(
-                messages
-                    .iter()
-                    .zip(pending)
-                    .map(|(m, d)| self.inner.delivered(&shared_topic, &m.id, d)),
-            )
-            .await;
-            reports.into_iter().collect::<Result<Vec<_>>>()
-        };
+        let work = self.inner.produce_on(&self.inner.producer, topic, messages);
         match self.options.send_timeout {
             None => work.await,
             Some(after) => tokio::time::timeout(after, work)
@@ -155,10 +186,7 @@ impl KafkaProducer {
 #[async_trait]
 impl Producer for KafkaProducer {
     async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
-        let mut receipts = self.produce(topic, std::slice::from_ref(&message)).await?;
-        receipts
-            .pop()
-            .ok_or_else(|| Error::backend("kafka", format!("produce to `{topic}`"), "no delivery report"))
+        single(self.produce(topic, std::slice::from_ref(&message)).await?, topic)
     }
 
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
@@ -167,13 +195,10 @@ impl Producer for KafkaProducer {
 
     async fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
-        let producer = self.inner.producer.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(&self.inner.producer, "flush", self.inner.endpoint(), |p| {
             use rdkafka::producer::Producer as _;
-            producer.flush(Duration::from_secs(30))
+            p.flush(Duration::from_secs(30))
         })
         .await
-        .map_err(|e| Error::backend("kafka", "flush", e.to_string()))?
-        .map_err(|e| map(e, "flush", self.inner.endpoint()))
     }
 }

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mq_core::{Error, Message, Producer, Receipt, Result, check_send};
+use mq_core::{Message, Producer, Receipt, Result, check_send};
 use rdkafka::producer::{FutureProducer, Producer as _};
 
 use crate::broker::Inner;
 use crate::error::map;
+use crate::producer::{blocking, single};
 
 /// How long librdkafka may take to begin, commit or abort a transaction.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,20 +47,6 @@ impl std::fmt::Debug for KafkaTransactionalProducer {
             .field("transactional_id", &self.transactional_id)
             .finish_non_exhaustive()
     }
-}
-
-/// Runs a blocking librdkafka transaction call off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    producer: &FutureProducer,
-    what: &'static str,
-    endpoint: &str,
-    call: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<T> + Send + 'static,
-) -> Result<T> {
-    let producer = producer.clone();
-    tokio::task::spawn_blocking(move || call(&producer))
-        .await
-        .map_err(|e| Error::backend("kafka", what, e.to_string()))?
-        .map_err(|e| map(e, what, endpoint))
 }
 
 impl KafkaTransactionalProducer {
@@ -126,10 +113,7 @@ impl KafkaTransaction {
     ///
     /// As [`Producer::send`]; the transaction should then be aborted.
     pub async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
-        let mut receipts = self.send_batch(topic, vec![message]).await?;
-        receipts
-            .pop()
-            .ok_or_else(|| Error::backend("kafka", format!("produce to `{topic}`"), "no delivery report"))
+        single(self.send_batch(topic, vec![message]).await?, topic)
     }
 
     /// Sends `messages` within the transaction.
@@ -138,24 +122,10 @@ impl KafkaTransaction {
     ///
     /// As [`Producer::send_batch`]; the transaction should then be aborted.
     pub async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
-        let inner = &self.owner.inner;
-        inner.check_open()?;
-        check_send("kafka", topic, &messages, inner.config.max_message_bytes())?;
-        inner.ensure_topic(topic).await?;
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in &messages {
-            pending.push(inner.enqueue_on(&self.owner.producer, topic, m, None).await?);
-        }
-        let shared_topic: Arc<str> = topic.into();
-        futures::future::join_all(
-            messages
-                .iter()
-                .zip(pending)
-                .map(|(m, d)| inner.delivered(&shared_topic, &m.id, d)),
-        )
-        .await
-        .into_iter()
-        .collect()
+        self.owner
+            .inner
+            .produce_on(&self.owner.producer, topic, &messages)
+            .await
     }
 
     /// Commits: everything sent in the transaction becomes visible at once.
@@ -211,10 +181,7 @@ impl Drop for KafkaTransaction {
 #[async_trait]
 impl Producer for KafkaTransactionalProducer {
     async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
-        let mut receipts = self.send_batch(topic, vec![message]).await?;
-        receipts
-            .pop()
-            .ok_or_else(|| Error::backend("kafka", format!("produce to `{topic}`"), "no delivery report"))
+        single(self.send_batch(topic, vec![message]).await?, topic)
     }
 
     /// One transaction: all of `messages` become visible, or none.
