@@ -469,7 +469,7 @@ fn poll_loop(
     // The assignment count when the partitions were paused, if they are.
     let mut paused: Option<u64> = None;
     let assignments = shared.consumer.context().assigned.subscribe();
-    loop {
+    'poll: loop {
         let state = shared.state();
         if state == CLOSE || tx.is_closed() {
             return;
@@ -520,14 +520,18 @@ fn poll_loop(
                 continue;
             }
         };
+        // A message while paused is not expected (pausing discards what was
+        // fetched before): it waits for a slot, or, once the consumer is
+        // closing, is left unstored, to be read again later.
         let permit = match permit {
             Some(p) => p,
-            // Not expected: pausing discards what was fetched before. This
-            // message's offset is not stored, so it is read again later.
-            None if shared.state() != RUN => continue,
-            None => match runtime.block_on(shared.permits.clone().acquire_owned()) {
-                Ok(p) => p,
-                Err(_) => return,
+            None => loop {
+                if shared.state() != RUN {
+                    continue 'poll;
+                }
+                if let Some(p) = wait_for_permit(&shared.permits) {
+                    break p;
+                }
             },
         };
         // What else is already fetched goes along in the same batch: one
