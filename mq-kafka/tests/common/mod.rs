@@ -108,6 +108,7 @@ pub(crate) fn real_brokers() -> Option<String> {
 }
 
 /// Whether a Docker engine is reachable (its socket, or `DOCKER_HOST`).
+#[cfg(feature = "testcontainers")]
 fn docker_available() -> bool {
     std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists()
 }
@@ -124,7 +125,6 @@ pub(crate) async fn broker() -> Arc<dyn Broker> {
         let broker = connect(config(kafka.bootstrap_servers(), "")).await;
         return Arc::new(mq_core::testkit::Owning::new(Arc::new(broker), kafka));
     }
-    let _ = docker_available;
     match real_brokers() {
         Some(servers) => Arc::new(connect(config(&servers, "")).await),
         None => {
