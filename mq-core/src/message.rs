@@ -66,6 +66,28 @@ impl Message {
         }
     }
 
+    /// A message as a backend received it: its id and timestamp come from
+    /// the wire, so no id is generated and no clock is read (for backends;
+    /// applications use [`Message::new`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use mq_core::Message;
+    ///
+    /// let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    /// let m = Message::received("0192-abc".into(), "tea", at);
+    /// assert_eq!((m.id.as_str(), m.timestamp_millis()), ("0192-abc", 1_700_000_000_123));
+    /// ```
+    pub fn received(id: String, payload: impl Into<Bytes>, timestamp: SystemTime) -> Self {
+        Message {
+            id,
+            key: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            timestamp: truncate_millis(timestamp),
+        }
+    }
+
     /// A message whose payload is `value` encoded as JSON.
     ///
     /// # Errors
