@@ -3,7 +3,7 @@
 //! offset of its partition were acked), requeues through the group's retry
 //! topic, dead letters to the dead-letter topic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,68 +26,155 @@ use crate::producer::ID;
 /// Header of a delayed copy: when it is due (ms since the epoch).
 const DUE: &str = "mq-due";
 
+/// Which of the two subscribed topics a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    /// The subscription's topic.
+    Topic,
+    /// The group's retry topic.
+    Retry,
+}
+
+/// A message read and not yet handed out.
+struct Received {
+    source: Source,
+    partition: i32,
+    offset: i64,
+    message: Arc<Message>,
+    attempt: u32,
+    due: Option<u64>,
+    permit: OwnedSemaphorePermit,
+}
+
 /// Deliveries handed out and not yet acked, per partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracker {
-    parts: Mutex<HashMap<(String, i32), Part>>,
+    /// The subscription's topic and the group's retry topic.
+    names: [String; 2],
+    parts: Mutex<HashMap<(Source, i32), Part>>,
     generation: AtomicU64,
 }
+
+/// An unacked delivery's message and attempt, kept to hand it back.
+type Held = (Arc<Message>, u32);
 
 #[derive(Debug)]
 struct Part {
     generation: u64,
-    /// Delivered offsets in order: the message while unacked, `None` once acked.
-    leases: BTreeMap<i64, Option<(Message, u32)>>,
+    /// Delivered offsets in ascending order: the message while unacked,
+    /// `None` once acked (until every earlier one is acked too).
+    leases: VecDeque<(i64, Option<Held>)>,
     /// The next offset to read, once something was acked.
     acked_to: Option<i64>,
+    /// Whether `acked_to` moved since it was last stored.
+    dirty: bool,
 }
 
 impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Part>> {
+    fn new(topic: &str, retry_topic: &str) -> Self {
+        Tracker {
+            names: [topic.to_string(), retry_topic.to_string()],
+            parts: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Source, i32), Part>> {
         self.parts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a delivery; returns the partition's generation.
-    fn add(&self, topic: &str, partition: i32, offset: i64, message: Message, attempt: u32) -> u64 {
-        let mut parts = self.lock();
-        let part = parts
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| Part {
-                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-                leases: BTreeMap::new(),
-                acked_to: None,
-            });
-        part.leases.insert(offset, Some((message, attempt)));
-        part.generation
+    fn name(&self, source: Source) -> &str {
+        match source {
+            Source::Topic => &self.names[0],
+            Source::Retry => &self.names[1],
+        }
     }
 
-    /// Marks a delivery acked. `Ok(Some(o))`: every delivered offset up to
-    /// `o` is acked, store it. `Err(())`: the partition was revoked since.
+    fn source(&self, topic: &str) -> Option<Source> {
+        if topic == self.names[0] {
+            Some(Source::Topic)
+        } else if topic == self.names[1] {
+            Some(Source::Retry)
+        } else {
+            None
+        }
+    }
+
+    /// Records deliveries (one lock for a batch); returns each one's
+    /// partition generation.
+    fn add(&self, received: &[Received]) -> Vec<u64> {
+        let mut parts = self.lock();
+        received
+            .iter()
+            .map(|r| {
+                let part = parts.entry((r.source, r.partition)).or_insert_with(|| Part {
+                    generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+                    leases: VecDeque::new(),
+                    acked_to: None,
+                    dirty: false,
+                });
+                let lease = Some((r.message.clone(), r.attempt));
+                // A partition's offsets arrive in ascending order; anything
+                // else (a reset to an earlier offset) is put in its place.
+                match part.leases.back() {
+                    Some(&(last, _)) if last >= r.offset => {
+                        match part.leases.binary_search_by_key(&r.offset, |l| l.0) {
+                            Ok(i) => part.leases[i].1 = lease,
+                            Err(i) => part.leases.insert(i, (r.offset, lease)),
+                        }
+                    }
+                    _ => part.leases.push_back((r.offset, lease)),
+                }
+                part.generation
+            })
+            .collect()
+    }
+
+    /// Marks a delivery acked, and moves the partition's acked position
+    /// past every delivered offset acked so far in a row. `Err(())`: the
+    /// partition was revoked since.
     fn ack(
         &self,
-        topic: &str,
+        source: Source,
         partition: i32,
         offset: i64,
         generation: u64,
-    ) -> std::result::Result<Option<i64>, ()> {
+    ) -> std::result::Result<(), ()> {
         let mut parts = self.lock();
-        let part = parts.get_mut(&(topic.to_string(), partition)).ok_or(())?;
+        let part = parts.get_mut(&(source, partition)).ok_or(())?;
         if part.generation != generation {
             return Err(());
         }
-        match part.leases.get_mut(&offset) {
-            Some(lease) => *lease = None,
-            None => return Err(()),
-        }
+        let i = part
+            .leases
+            .binary_search_by_key(&offset, |l| l.0)
+            .map_err(|_| ())?;
+        part.leases[i].1 = None;
         let mut last = None;
-        while let Some((&o, None)) = part.leases.first_key_value() {
-            part.leases.remove(&o);
+        while let Some(&(o, None)) = part.leases.front() {
+            part.leases.pop_front();
             last = Some(o);
         }
         if let Some(o) = last {
             part.acked_to = Some(o + 1);
+            part.dirty = true;
         }
-        Ok(last)
+        Ok(())
+    }
+
+    /// The acked positions that moved since this was last asked.
+    fn take_acked(&self) -> Vec<(Source, i32, i64)> {
+        let mut parts = self.lock();
+        let mut moved = Vec::new();
+        for (&(source, partition), part) in parts.iter_mut() {
+            if part.dirty
+                && let Some(next) = part.acked_to
+            {
+                part.dirty = false;
+                moved.push((source, partition, next));
+            }
+        }
+        moved
     }
 
     /// Forgets revoked partitions: their deliveries can no longer be acked
@@ -97,26 +184,57 @@ impl Tracker {
         let mut parts = self.lock();
         let mut acked = Vec::new();
         for e in tpl.elements() {
-            let key = (e.topic().to_string(), e.partition());
-            if let Some(next) = parts.remove(&key).and_then(|p| p.acked_to) {
-                acked.push((key, next));
+            let Some(source) = self.source(e.topic()) else {
+                continue;
+            };
+            if let Some(next) = parts.remove(&(source, e.partition())).and_then(|p| p.acked_to) {
+                acked.push(((e.topic().to_string(), e.partition()), next));
             }
         }
         acked
     }
 
-    /// Every unacked delivery: `(topic, partition, offset, generation, message, attempt)`.
-    fn unacked(&self) -> Vec<(String, i32, i64, u64, Message, u32)> {
+    /// Every unacked delivery: `(source, partition, offset, generation, message, attempt)`.
+    fn unacked(&self) -> Vec<(Source, i32, i64, u64, Arc<Message>, u32)> {
         let parts = self.lock();
         let mut out = Vec::new();
-        for ((topic, partition), part) in parts.iter() {
+        for (&(source, partition), part) in parts.iter() {
             for (offset, lease) in &part.leases {
                 if let Some((m, a)) = lease {
-                    out.push((topic.clone(), *partition, *offset, part.generation, m.clone(), *a));
+                    out.push((source, partition, *offset, part.generation, m.clone(), *a));
                 }
             }
         }
         out
+    }
+}
+
+/// Stores (for the next commit) every acked position that moved.
+fn store_acked(consumer: &BaseConsumer<Ctx>, tracker: &Tracker) {
+    let moved = tracker.take_acked();
+    if moved.is_empty() {
+        return;
+    }
+    store(
+        consumer,
+        moved.iter().map(|&(s, p, next)| (tracker.name(s), p, next)),
+    );
+}
+
+/// Stores these `(topic, partition, next offset)` positions for the next commit.
+fn store<'a>(consumer: &BaseConsumer<Ctx>, positions: impl Iterator<Item = (&'a str, i32, i64)>) {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in positions {
+        if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(next)) {
+            tracing::debug!(error = %e, "offset list");
+        }
+    }
+    // Fails only for partitions no longer assigned: their new owner reads
+    // them again from the committed offset.
+    if tpl.count() > 0
+        && let Err(e) = consumer.store_offsets(&tpl)
+    {
+        tracing::debug!(error = %e, "storing acked offsets");
     }
 }
 
@@ -161,6 +279,10 @@ impl ConsumerContext for Ctx {
             Rebalance::Revoke(tpl) => {
                 // What was acked is committed before another member takes over.
                 let acked = self.tracker.revoke(tpl);
+                store(
+                    consumer,
+                    acked.iter().map(|((t, p), next)| (t.as_str(), *p, *next)),
+                );
                 if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                     tracing::debug!(error = %e, "commit on revoke");
                     // Kept, and committed if the partitions come back to this
@@ -293,24 +415,18 @@ impl Shared {
             .await
     }
 
-    /// Acks one delivery: stores the offset when the partition's prefix is acked.
-    fn ack(&self, topic: &str, partition: i32, offset: i64, generation: u64, id: &str) -> Result<()> {
-        match self.tracker.ack(topic, partition, offset, generation) {
-            Ok(Some(upto)) => self.consumer.store_offset(topic, partition, upto).map_err(|e| {
-                map(
-                    e,
-                    &format!("store offset of `{topic}`/{partition}"),
-                    self.inner.endpoint(),
-                )
-            }),
-            Ok(None) => Ok(()),
-            Err(()) => Err(Error::DeliveryExpired {
+    /// Acks one delivery: the poll thread stores the partition's offset
+    /// once every earlier delivery is acked too.
+    fn ack(&self, source: Source, partition: i32, offset: i64, generation: u64, id: &str) -> Result<()> {
+        self.tracker
+            .ack(source, partition, offset, generation)
+            .map_err(|()| Error::DeliveryExpired {
                 id: id.to_string(),
                 reason: format!(
-                    "partition {partition} of `{topic}` was reassigned; its new owner delivers it again"
+                    "partition {partition} of `{}` was reassigned; its new owner delivers it again",
+                    self.tracker.name(source)
                 ),
-            }),
-        }
+            })
     }
 }
 
@@ -323,31 +439,35 @@ fn now_millis() -> u64 {
 
 /// A received Kafka message as an mq message, its attempt and when it is due.
 fn decode(m: &BorrowedMessage<'_>) -> (Message, u32, Option<u64>) {
-    let mut message = Message::new(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
-    if let Some(key) = m.key() {
-        message.key = Some(String::from_utf8_lossy(key).into_owned());
-    }
-    if let Some(ms) = m.timestamp().to_millis() {
-        message.timestamp = time_from_millis(u64::try_from(ms).unwrap_or(0));
-    }
+    let timestamp = time_from_millis(
+        m.timestamp()
+            .to_millis()
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or(0),
+    );
+    let mut id = None;
     let mut attempt = 1;
     let mut due = None;
+    let mut app_headers = Vec::new();
     if let Some(hs) = m.headers() {
         for h in hs.iter() {
-            let value = h
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
+            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
             match h.key {
-                ID => message.id = value,
+                ID => id = Some(value.into_owned()),
                 k if k == headers::ATTEMPT => attempt = value.parse().unwrap_or(1),
                 DUE => due = value.parse().ok(),
-                k => {
-                    message.headers.insert(k.to_string(), value);
-                }
+                k => app_headers.push((k.to_string(), value.into_owned())),
             }
         }
     }
+    let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+    // A message produced without mq's id header gets one here.
+    let mut message = match id {
+        Some(id) => Message::received(id, payload, timestamp),
+        None => Message::new(payload).with_timestamp(timestamp),
+    };
+    message.key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+    message.headers.extend(app_headers);
     (message, attempt.max(1), due)
 }
 
@@ -383,7 +503,7 @@ impl KafkaConsumer {
         let retry_topic = format!("{}.{}.retry", sub.topic, sub.group);
         inner.ensure_topic(&sub.topic).await?;
         inner.ensure_topic(&retry_topic).await?;
-        let tracker = Arc::new(Tracker::default());
+        let tracker = Arc::new(Tracker::new(&sub.topic, &retry_topic));
         let (assigned, mut assignments) = watch::channel(0u64);
         let mut client = inner.config.client();
         client
@@ -392,6 +512,12 @@ impl KafkaConsumer {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        // A fetch holds up partitions assigned while it is in flight, and a
+        // fetch of only empty partitions (the retry topic's, often) is held
+        // by the broker for this long: 100 ms, not librdkafka's 500 ms.
+        if client.get("fetch.wait.max.ms").is_none() {
+            client.set("fetch.wait.max.ms", FETCH_WAIT_MS);
+        }
         let consumer: BaseConsumer<Ctx> = client
             .create_with_context(Ctx {
                 tracker: tracker.clone(),
@@ -447,6 +573,9 @@ impl KafkaConsumer {
     }
 }
 
+/// `fetch.wait.max.ms` unless the application sets it.
+const FETCH_WAIT_MS: &str = "100";
+
 /// How long the poll thread waits for a free prefetch slot before it
 /// pauses the partitions (and goes on serving rebalances).
 const PERMIT_WAIT: Duration = Duration::from_millis(200);
@@ -474,6 +603,9 @@ fn poll_loop(
         if state == CLOSE || tx.is_closed() {
             return;
         }
+        // Acks are stored here, on the consumer's own thread, a batch at a
+        // time; auto-commit, revoke and close commit what was stored.
+        store_acked(&shared.consumer, &shared.tracker);
         let permit = if state == RUN {
             // A consumer that is merely busy gets a slot back soon: wait a
             // little before pausing (pausing drops what librdkafka fetched).
@@ -537,20 +669,23 @@ fn poll_loop(
         // What else is already fetched goes along in the same batch: one
         // hand-over (and wake-up) per batch, not per message.
         let mut batch = Vec::new();
-        hand_out(shared, &m, permit, &mut batch, tx, runtime);
+        if let Some(r) = receive(shared, &m, permit) {
+            batch.push(r);
+        }
         drop(m);
         while batch.len() < MAX_BATCH {
             let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                 break;
             };
             match shared.consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => hand_out(shared, &m, permit, &mut batch, tx, runtime),
+                Some(Ok(m)) => batch.extend(receive(shared, &m, permit)),
                 // An error or nothing: the next round deals with it.
                 _ => break,
             }
         }
+        let deliveries = hand_out(shared, batch, tx, runtime);
         // Never blocks long: the channel holds more batches than the prefetch.
-        if !batch.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
+        if !deliveries.is_empty() && tx.blocking_send(Ok(deliveries)).is_err() {
             return;
         }
     }
@@ -559,46 +694,65 @@ fn poll_loop(
 /// Most deliveries handed over at once.
 const MAX_BATCH: usize = 256;
 
-/// Makes `m` a delivery: into `batch`, or, when it is a delayed copy not yet
-/// due, held (with its prefetch slot) by a task until it is.
+/// A message read from one of the subscribed topics, with its prefetch slot.
+fn receive(shared: &Shared, m: &BorrowedMessage<'_>, permit: OwnedSemaphorePermit) -> Option<Received> {
+    let Some(source) = shared.tracker.source(m.topic()) else {
+        tracing::warn!(
+            topic = m.topic(),
+            "a message of a topic this consumer did not subscribe to"
+        );
+        return None;
+    };
+    let (message, attempt, due) = decode(m);
+    Some(Received {
+        source,
+        partition: m.partition(),
+        offset: m.offset(),
+        message: Arc::new(message),
+        attempt,
+        due,
+        permit,
+    })
+}
+
+/// Records `batch` as handed out and makes its deliveries; a delayed copy
+/// not yet due is held (with its prefetch slot) by a task until it is.
 fn hand_out(
     shared: &Arc<Shared>,
-    m: &BorrowedMessage<'_>,
-    permit: OwnedSemaphorePermit,
-    batch: &mut Vec<Delivery>,
+    batch: Vec<Received>,
     tx: &mpsc::Sender<Result<Vec<Delivery>>>,
     runtime: &tokio::runtime::Handle,
-) {
-    let (message, attempt, due) = decode(m);
-    let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-    let generation = shared
-        .tracker
-        .add(&topic, partition, offset, message.clone(), attempt);
-    let handle = KafkaAck {
-        shared: shared.clone(),
-        topic,
-        partition,
-        offset,
-        generation,
-        permit: Mutex::new(Some(permit)),
-    };
-    let delivery = Delivery::new(
-        message,
-        attempt,
-        shared.topic.clone(),
-        shared.group.clone(),
-        Box::new(handle),
-    );
-    match due.map(|d| d.saturating_sub(now_millis())) {
-        Some(wait) if wait > 0 => {
-            let tx = tx.clone();
-            runtime.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                let _ = tx.send(Ok(vec![delivery])).await;
-            });
+) -> Vec<Delivery> {
+    let generations = shared.tracker.add(&batch);
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for (r, generation) in batch.into_iter().zip(generations) {
+        let handle = KafkaAck {
+            shared: shared.clone(),
+            source: r.source,
+            partition: r.partition,
+            offset: r.offset,
+            generation,
+            permit: Mutex::new(Some(r.permit)),
+        };
+        let delivery = Delivery::shared(
+            r.message,
+            r.attempt,
+            shared.topic.clone(),
+            shared.group.clone(),
+            Box::new(handle),
+        );
+        match r.due.map(|d| d.saturating_sub(now_millis())) {
+            Some(wait) if wait > 0 => {
+                let tx = tx.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    let _ = tx.send(Ok(vec![delivery])).await;
+                });
+            }
+            _ => deliveries.push(delivery),
         }
-        _ => batch.push(delivery),
     }
+    deliveries
 }
 
 /// A free prefetch slot, waited for up to [`PERMIT_WAIT`].
@@ -653,6 +807,7 @@ fn leave(shared: &Shared) {
     // librdkafka reports a manual commit's result only to a synchronous
     // caller; this is the consumer's own thread, and librdkafka bounds the
     // wait by its request timeouts.
+    store_acked(&shared.consumer, &shared.tracker);
     if let Err(e) = shared.consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "commit on close");
     }
@@ -684,8 +839,8 @@ async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> R
     )
     .await;
     let mut result = Ok(());
-    for ((topic, partition, offset, generation, message, _), copied) in unacked.into_iter().zip(copies) {
-        let handed = copied.and_then(|()| shared.ack(&topic, partition, offset, generation, &message.id));
+    for ((source, partition, offset, generation, message, _), copied) in unacked.into_iter().zip(copies) {
+        let handed = copied.and_then(|()| shared.ack(source, partition, offset, generation, &message.id));
         if let Err(e) = handed {
             tracing::warn!(error = %e, "handing a delivery back failed; it is delivered again from the committed offset");
             result = Err(e);
@@ -763,7 +918,7 @@ impl Drop for KafkaConsumer {
 #[derive(Debug)]
 struct KafkaAck {
     shared: Arc<Shared>,
-    topic: String,
+    source: Source,
     partition: i32,
     offset: i64,
     generation: u64,
@@ -784,7 +939,7 @@ impl KafkaAck {
 
     fn settle(&self, delivery: &Delivery) -> Result<()> {
         let r = self.shared.ack(
-            &self.topic,
+            self.source,
             self.partition,
             self.offset,
             self.generation,
@@ -814,5 +969,67 @@ impl AckHandle for KafkaAck {
             _ => self.shared.requeue(message, attempt, Duration::ZERO).await?,
         }
         self.settle(delivery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(permits: &Arc<Semaphore>, partition: i32, offset: i64) -> Received {
+        Received {
+            source: Source::Topic,
+            partition,
+            offset,
+            message: Arc::new(Message::new("x")),
+            attempt: 1,
+            due: None,
+            permit: permits.clone().try_acquire_owned().expect("a permit"),
+        }
+    }
+
+    #[test]
+    fn tracker_moves_only_over_the_acked_prefix_and_reports_each_move_once() {
+        let permits = Arc::new(Semaphore::new(16));
+        let tracker = Tracker::new("t", "t.g.retry");
+        // Offsets 12 and 10 arrive after 11 and 13 (a reset): kept in order.
+        let batch: Vec<_> = [11, 13, 12, 10]
+            .iter()
+            .map(|&o| received(&permits, 0, o))
+            .collect();
+        let generations = tracker.add(&batch);
+        let generation = generations[0];
+        assert!(generations.iter().all(|g| *g == generation));
+        assert!(tracker.take_acked().is_empty());
+
+        tracker.ack(Source::Topic, 0, 11, generation).unwrap();
+        tracker.ack(Source::Topic, 0, 13, generation).unwrap();
+        assert!(tracker.take_acked().is_empty(), "10 and 12 are not acked yet");
+        tracker.ack(Source::Topic, 0, 10, generation).unwrap();
+        assert_eq!(tracker.take_acked(), vec![(Source::Topic, 0, 12)]);
+        assert!(tracker.take_acked().is_empty(), "reported once");
+        tracker.ack(Source::Topic, 0, 12, generation).unwrap();
+        assert_eq!(tracker.take_acked(), vec![(Source::Topic, 0, 14)]);
+
+        // Unknown offsets, partitions and generations are refused.
+        assert!(tracker.ack(Source::Topic, 0, 99, generation).is_err());
+        assert!(tracker.ack(Source::Retry, 0, 11, generation).is_err());
+        tracker.add(&[received(&permits, 0, 14)]);
+        assert!(tracker.ack(Source::Topic, 0, 14, generation + 1).is_err());
+        assert_eq!(tracker.unacked().len(), 1);
+    }
+
+    #[test]
+    fn revoked_partitions_report_how_far_they_were_acked() {
+        let permits = Arc::new(Semaphore::new(4));
+        let tracker = Tracker::new("t", "t.g.retry");
+        let g = tracker.add(&[received(&permits, 3, 7), received(&permits, 3, 8)])[0];
+        tracker.ack(Source::Topic, 3, 7, g).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("t", 3);
+        tpl.add_partition("elsewhere", 3);
+        assert_eq!(tracker.revoke(&tpl), vec![(("t".to_string(), 3), 8)]);
+        assert!(tracker.ack(Source::Topic, 3, 8, g).is_err(), "revoked");
+        assert!(tracker.unacked().is_empty());
     }
 }
