@@ -63,6 +63,13 @@ pub trait AckHandle: Send + Sync + fmt::Debug {
     async fn ack(&self, delivery: &Delivery) -> Result<()>;
     /// Requeues or dead-letters `delivery`.
     async fn nack(&self, delivery: &Delivery, nack: Nack) -> Result<()>;
+
+    /// The handle itself, for a backend's own extensions that need more
+    /// than ack and nack (a Kafka transaction that consumes a delivery,
+    /// say). `None` unless the backend opts in.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 const PENDING: u8 = 0;
@@ -155,6 +162,13 @@ impl Delivery {
     /// The group it was consumed by.
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// The backend's handle of this delivery as a `T`, when the backend
+    /// exposes it as one (see [`AckHandle::as_any`]): how a backend's own
+    /// extensions reach the broker-side position of a delivery.
+    pub fn backend_handle<T: 'static>(&self) -> Option<&T> {
+        self.handle.as_any()?.downcast_ref()
     }
 
     /// Whether it has been acked or nacked.
@@ -322,6 +336,31 @@ mod tests {
             "g".into(),
             Box::new(rec.clone()),
         )
+    }
+
+    #[derive(Debug)]
+    struct Exposed(u32);
+
+    #[async_trait]
+    impl AckHandle for Exposed {
+        async fn ack(&self, _: &Delivery) -> Result<()> {
+            Ok(())
+        }
+        async fn nack(&self, _: &Delivery, _: Nack) -> Result<()> {
+            Ok(())
+        }
+        fn as_any(&self) -> Option<&dyn std::any::Any> {
+            Some(self)
+        }
+    }
+
+    #[test]
+    fn backend_handle_is_reachable_only_when_exposed_and_of_that_type() {
+        let exposed = Delivery::new(Message::new("x"), 1, "t".into(), "g".into(), Box::new(Exposed(7)));
+        assert_eq!(exposed.backend_handle::<Exposed>().map(|h| h.0), Some(7));
+        assert!(exposed.backend_handle::<u32>().is_none(), "another type");
+        let hidden = delivery(&Arc::new(Recorder::default()));
+        assert!(hidden.backend_handle::<Arc<Recorder>>().is_none(), "not exposed");
     }
 
     #[tokio::test]
