@@ -122,6 +122,27 @@ impl KafkaBroker {
     pub async fn transactional_producer(&self, transactional_id: &str) -> Result<KafkaTransactionalProducer> {
         KafkaTransactionalProducer::new(self.inner.clone(), transactional_id).await
     }
+
+    /// A consumer for a consume-transform-produce pipeline: its offsets are
+    /// committed only by the transactions that consume its deliveries
+    /// ([`KafkaTransaction::consume`](crate::KafkaTransaction::consume)),
+    /// never by the consumer itself (no auto-commit, nothing on revoke or
+    /// close), so the group's position is always one a transaction
+    /// committed along with its output.
+    ///
+    /// Deliveries acked, requeued or dead-lettered outside a transaction
+    /// are committed by the next transaction that consumes a later delivery
+    /// of their partition. Closing does not hand unacked deliveries back:
+    /// they are read again from the committed position.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::subscribe`].
+    pub async fn subscribe_transactional(&self, subscription: Subscription) -> Result<KafkaConsumer> {
+        self.inner.check_open()?;
+        subscription.validate("kafka")?;
+        KafkaConsumer::start(self.inner.clone(), subscription, true).await
+    }
 }
 
 impl Inner {
@@ -240,7 +261,7 @@ impl Broker for KafkaBroker {
         self.inner.check_open()?;
         subscription.validate("kafka")?;
         Ok(Box::new(
-            KafkaConsumer::start(self.inner.clone(), subscription).await?,
+            KafkaConsumer::start(self.inner.clone(), subscription, false).await?,
         ))
     }
 

@@ -16,6 +16,7 @@ use mq_core::{
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -28,7 +29,7 @@ const DUE: &str = "mq-due";
 
 /// Which of the two subscribed topics a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     /// The subscription's topic.
     Topic,
     /// The group's retry topic.
@@ -48,7 +49,7 @@ struct Received {
 
 /// Deliveries handed out and not yet acked, per partition.
 #[derive(Debug)]
-struct Tracker {
+pub(crate) struct Tracker {
     /// The subscription's topic and the group's retry topic.
     names: [String; 2],
     parts: Mutex<HashMap<(Source, i32), Part>>,
@@ -162,6 +163,47 @@ impl Tracker {
         Ok(())
     }
 
+    /// Where each partition of `settling` would be acked to once these
+    /// deliveries `(source, partition, offset, generation)` are acked too:
+    /// `(topic, partition, next offset)`. `Err(i)`: the partition of
+    /// `settling[i]` was revoked since.
+    pub(crate) fn positions_with(
+        &self,
+        settling: &[(Source, i32, i64, u64)],
+    ) -> std::result::Result<Vec<(String, i32, i64)>, usize> {
+        let parts = self.lock();
+        let mut keys: Vec<(Source, i32)> = Vec::new();
+        for (i, &(source, partition, _, generation)) in settling.iter().enumerate() {
+            match parts.get(&(source, partition)) {
+                Some(part) if part.generation == generation => {}
+                _ => return Err(i),
+            }
+            if !keys.contains(&(source, partition)) {
+                keys.push((source, partition));
+            }
+        }
+        let settling_set: std::collections::HashSet<(Source, i32, i64)> =
+            settling.iter().map(|&(s, p, o, _)| (s, p, o)).collect();
+        let mut out = Vec::new();
+        for (source, partition) in keys {
+            let Some(part) = parts.get(&(source, partition)) else {
+                continue;
+            };
+            let mut next = part.acked_to;
+            for (offset, lease) in &part.leases {
+                let settles = settling_set.contains(&(source, partition, *offset));
+                if lease.is_some() && !settles {
+                    break;
+                }
+                next = Some(offset + 1);
+            }
+            if let Some(next) = next {
+                out.push((self.name(source).to_string(), partition, next));
+            }
+        }
+        Ok(out)
+    }
+
     /// The acked positions that moved since this was last asked.
     fn take_acked(&self) -> Vec<(Source, i32, i64)> {
         let mut parts = self.lock();
@@ -240,13 +282,15 @@ fn store<'a>(consumer: &BaseConsumer<Ctx>, positions: impl Iterator<Item = (&'a 
 
 /// Commits stored offsets when partitions are revoked, starts new groups at
 /// the end of the topic, and reports assignments.
-struct Ctx {
+pub(crate) struct Ctx {
     tracker: Arc<Tracker>,
     assigned: watch::Sender<u64>,
     /// The topic, when the subscription starts at the latest message.
     start_latest: Option<String>,
     /// How far revoked partitions were acked, when committing that failed.
     uncommitted: Mutex<HashMap<(String, i32), i64>>,
+    /// Offsets are committed by transactions only: none on revoke.
+    transactional: bool,
 }
 
 impl Ctx {
@@ -279,6 +323,9 @@ impl ConsumerContext for Ctx {
             Rebalance::Revoke(tpl) => {
                 // What was acked is committed before another member takes over.
                 let acked = self.tracker.revoke(tpl);
+                if self.transactional {
+                    return;
+                }
                 store(
                     consumer,
                     acked.iter().map(|((t, p), next)| (t.as_str(), *p, *next)),
@@ -342,18 +389,21 @@ fn start_at_latest(consumer: &BaseConsumer<Ctx>, topic: &str, assigned: &TopicPa
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     inner: Arc<Inner>,
     sub: Subscription,
     topic: Arc<str>,
     group: Arc<str>,
     retry_topic: String,
-    consumer: BaseConsumer<Ctx>,
-    tracker: Arc<Tracker>,
+    pub(crate) consumer: BaseConsumer<Ctx>,
+    pub(crate) tracker: Arc<Tracker>,
     permits: Arc<Semaphore>,
     /// What the poll thread is to do: [`RUN`], [`DRAIN`] or [`CLOSE`].
     state: AtomicU8,
     closed: AtomicBool,
+    /// Offsets are committed by transactions only (see
+    /// [`KafkaBroker::subscribe_transactional`](crate::KafkaBroker::subscribe_transactional)).
+    pub(crate) transactional: bool,
 }
 
 /// The poll thread delivers messages.
@@ -380,26 +430,47 @@ impl Shared {
     }
 
     /// Produces `message` to `topic` and waits for its delivery report.
-    async fn produce_copy(&self, topic: &str, message: &Message, attempt: Option<u32>) -> Result<()> {
+    /// Produces `message` to `topic` (on `on`, a transactional producer,
+    /// else the broker's) and waits for its delivery report.
+    async fn produce_copy(
+        &self,
+        on: Option<&FutureProducer>,
+        topic: &str,
+        message: &Message,
+        attempt: Option<u32>,
+    ) -> Result<()> {
         self.inner.ensure_topic(topic).await?;
-        let delivery = self.inner.enqueue(topic, message, attempt).await?;
+        let producer = on.unwrap_or(&self.inner.producer);
+        let delivery = self.inner.enqueue_on(producer, topic, message, attempt).await?;
         self.inner
             .delivered(&topic.into(), &message.id, delivery)
             .await
             .map(|_| ())
     }
 
-    async fn dead_letter(&self, message: &Message, attempts: u32, reason: &str) -> Result<()> {
+    async fn dead_letter(
+        &self,
+        on: Option<&FutureProducer>,
+        message: &Message,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<()> {
         let dead = dead_letter_message(message, &self.topic, &self.group, attempts, reason);
-        self.produce_copy(&self.sub.dead_letter_topic(), &dead, None)
+        self.produce_copy(on, &self.sub.dead_letter_topic(), &dead, None)
             .await
     }
 
     /// A copy with attempt + 1 (due after `delay`) to the group's retry
     /// topic, or a dead letter once the attempts are used up.
-    async fn requeue(&self, message: &Message, attempt: u32, delay: Duration) -> Result<()> {
+    pub(crate) async fn requeue(
+        &self,
+        on: Option<&FutureProducer>,
+        message: &Message,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<()> {
         if let Some(reason) = self.sub.exhausted_reason(attempt) {
-            return self.dead_letter(message, attempt, &reason).await;
+            return self.dead_letter(on, message, attempt, &reason).await;
         }
         let mut copy = message.clone();
         copy.headers.remove(DUE);
@@ -411,8 +482,13 @@ impl Shared {
                 .saturating_add(1);
             copy.headers.insert(DUE.into(), due.to_string());
         }
-        self.produce_copy(&self.retry_topic.clone(), &copy, Some(attempt.saturating_add(1)))
-            .await
+        self.produce_copy(
+            on,
+            &self.retry_topic.clone(),
+            &copy,
+            Some(attempt.saturating_add(1)),
+        )
+        .await
     }
 
     /// Acks one delivery: the poll thread stores the partition's offset
@@ -499,7 +575,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl KafkaConsumer {
-    pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription) -> Result<Self> {
+    pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription, transactional: bool) -> Result<Self> {
         let retry_topic = format!("{}.{}.retry", sub.topic, sub.group);
         inner.ensure_topic(&sub.topic).await?;
         inner.ensure_topic(&retry_topic).await?;
@@ -508,7 +584,7 @@ impl KafkaConsumer {
         let mut client = inner.config.client();
         client
             .set("group.id", &sub.group)
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", if transactional { "false" } else { "true" })
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
@@ -523,6 +599,7 @@ impl KafkaConsumer {
                 tracker: tracker.clone(),
                 assigned,
                 start_latest: matches!(sub.start, StartPosition::Latest).then(|| sub.topic.clone()),
+                transactional,
                 uncommitted: Mutex::new(HashMap::new()),
             })
             .map_err(|e| map(e, "create a consumer", inner.endpoint()))?;
@@ -539,6 +616,7 @@ impl KafkaConsumer {
             permits: Arc::new(Semaphore::new(prefetch)),
             state: AtomicU8::new(RUN),
             closed: AtomicBool::new(false),
+            transactional,
             inner,
             sub,
         });
@@ -605,7 +683,9 @@ fn poll_loop(
         }
         // Acks are stored here, on the consumer's own thread, a batch at a
         // time; auto-commit, revoke and close commit what was stored.
-        store_acked(&shared.consumer, &shared.tracker);
+        if !shared.transactional {
+            store_acked(&shared.consumer, &shared.tracker);
+        }
         let permit = if state == RUN {
             // A consumer that is merely busy gets a slot back soon: wait a
             // little before pausing (pausing drops what librdkafka fetched).
@@ -807,9 +887,11 @@ fn leave(shared: &Shared) {
     // librdkafka reports a manual commit's result only to a synchronous
     // caller; this is the consumer's own thread, and librdkafka bounds the
     // wait by its request timeouts.
-    store_acked(&shared.consumer, &shared.tracker);
-    if let Err(e) = shared.consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %e, "commit on close");
+    if !shared.transactional {
+        store_acked(&shared.consumer, &shared.tracker);
+        if let Err(e) = shared.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "commit on close");
+        }
     }
     let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
     if let Err(e) = shared.consumer.close_queue() {
@@ -830,12 +912,18 @@ async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> R
     let _ = shared
         .state
         .compare_exchange(RUN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
-    let unacked = shared.tracker.unacked();
+    // A transactional consumer's unacked deliveries are read again from the
+    // position its transactions committed: a copy would be a duplicate.
+    let unacked = if shared.transactional {
+        Vec::new()
+    } else {
+        shared.tracker.unacked()
+    };
     // The copies are produced together, then the originals acked.
     let copies = futures::future::join_all(
         unacked
             .iter()
-            .map(|(_, _, _, _, message, attempt)| shared.requeue(message, *attempt, Duration::ZERO)),
+            .map(|(_, _, _, _, message, attempt)| shared.requeue(None, message, *attempt, Duration::ZERO)),
     )
     .await;
     let mut result = Ok(());
@@ -916,12 +1004,12 @@ impl Drop for KafkaConsumer {
 
 /// Settles one delivery.
 #[derive(Debug)]
-struct KafkaAck {
-    shared: Arc<Shared>,
-    source: Source,
-    partition: i32,
-    offset: i64,
-    generation: u64,
+pub(crate) struct KafkaAck {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) source: Source,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) generation: u64,
     permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
@@ -964,11 +1052,19 @@ impl AckHandle for KafkaAck {
         let (message, attempt) = (delivery.message(), delivery.attempt());
         // The copy first, then the ack: a failure in between duplicates, never loses.
         match nack {
-            Nack::DeadLetter { reason } => self.shared.dead_letter(message, attempt, &reason).await?,
-            Nack::Requeue { delay } => self.shared.requeue(message, attempt, delay).await?,
-            _ => self.shared.requeue(message, attempt, Duration::ZERO).await?,
+            Nack::DeadLetter { reason } => self.shared.dead_letter(None, message, attempt, &reason).await?,
+            Nack::Requeue { delay } => self.shared.requeue(None, message, attempt, delay).await?,
+            _ => {
+                self.shared
+                    .requeue(None, message, attempt, Duration::ZERO)
+                    .await?
+            }
         }
         self.settle(delivery)
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -40,18 +40,9 @@ pub(crate) fn kafka_headers(message: &Message, attempt: Option<u32>) -> OwnedHea
 }
 
 impl Inner {
-    /// Queues `message` for `topic`, waiting while librdkafka's queue is full
+    /// Queues `message` for `topic` on `producer` (the broker's, or a
+    /// transactional one), waiting while librdkafka's queue is full
     /// (backpressure, not an error).
-    pub(crate) async fn enqueue(
-        &self,
-        topic: &str,
-        message: &Message,
-        attempt: Option<u32>,
-    ) -> Result<DeliveryFuture> {
-        self.enqueue_on(&self.producer, topic, message, attempt).await
-    }
-
-    /// As [`Inner::enqueue`], on `producer` (a transactional one, say).
     pub(crate) async fn enqueue_on(
         &self,
         producer: &FutureProducer,

@@ -448,3 +448,207 @@ async fn transactions_are_all_or_nothing() {
     }
     consumer.close().await.unwrap();
 }
+
+/// Receives one delivery within 15 s.
+async fn next(consumer: &mut dyn Consumer, what: &str) -> mq_core::Delivery {
+    match tokio::time::timeout(Duration::from_secs(15), consumer.recv()).await {
+        Ok(Ok(Some(d))) => d,
+        other => panic!("no delivery within 15 s ({what}): {other:?}"),
+    }
+}
+
+/// Sends `out <payload>` for `input` and consumes `input`, in one transaction.
+async fn transform(
+    producer: &mq_kafka::KafkaTransactionalProducer,
+    output: &str,
+    input: mq_core::Delivery,
+    commit: bool,
+) {
+    let mut txn = producer.begin().await.unwrap();
+    let payload = String::from_utf8_lossy(&input.message().payload).into_owned();
+    let out = if commit {
+        format!("out {payload}")
+    } else {
+        format!("aborted {payload}")
+    };
+    txn.send(output, Message::new(out)).await.unwrap();
+    txn.consume(input).unwrap();
+    if commit {
+        txn.commit().await.unwrap();
+    } else {
+        txn.abort().await.unwrap();
+    }
+}
+
+/// The group's offset after a transaction: on a real Kafka the
+/// transaction's (`want`); the mock cluster accepts a transaction's offsets
+/// but does not store them (read in its source), so there it checks that
+/// the consumer itself committed nothing.
+async fn transaction_committed(
+    real: bool,
+    servers: &str,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    want: i64,
+) {
+    if real {
+        committed_becomes(servers, group, topic, partition, want).await;
+    } else {
+        let (s, g, t) = (servers.to_string(), group.to_string(), topic.to_string());
+        let now = tokio::task::spawn_blocking(move || committed(&s, &g, &t, partition))
+            .await
+            .unwrap();
+        assert_eq!(
+            now,
+            Offset::Invalid,
+            "a transactional consumer committed by itself"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consume_transform_produce_commits_input_offsets_with_the_output() {
+    // On the mock cluster, offsets sent to a transaction are not stored and
+    // aborted messages stay visible: the offsets, the restart and the abort
+    // of the output are checked on a real Kafka only.
+    let real = common::real_brokers();
+    let mock = Mock::start();
+    let servers = real.clone().unwrap_or_else(|| mock.servers().to_string());
+    let broker = match &real {
+        Some(servers) => connect(config(servers, "")).await,
+        None => mock_broker(&mock, "").await,
+    };
+    let (input, output, group) = (unique("eos-in"), unique("eos-out"), unique("eos-g"));
+    // One key: one partition, read in order.
+    let inputs: Vec<Message> = (1..=6)
+        .map(|i| Message::new(format!("{i}")).with_key("k"))
+        .collect();
+    let receipts = producer(&broker).await.send_batch(&input, inputs).await.unwrap();
+    let (partition, offsets): (i32, Vec<i64>) = {
+        let mut partition = None;
+        let offsets = receipts
+            .iter()
+            .map(|r| match r.position {
+                Position::Offset { partition: p, offset } => {
+                    partition = p;
+                    i64::try_from(offset).unwrap()
+                }
+                ref other => panic!("a Kafka receipt without an offset: {other:?}"),
+            })
+            .collect();
+        (partition.expect("a partition"), offsets)
+    };
+
+    let mut consumer = broker
+        .subscribe_transactional(earliest(&input, &group))
+        .await
+        .unwrap();
+    let txns = broker.transactional_producer(&unique("eos-id")).await.unwrap();
+
+    // 1, 2, 3: each committed with its output; the group's offset follows.
+    for (i, offset) in offsets.iter().take(3).enumerate() {
+        let d = next(&mut consumer, "inputs 1 to 3").await;
+        assert_eq!(d.message().payload, format!("{}", i + 1).as_bytes());
+        transform(&txns, &output, d, true).await;
+        transaction_committed(real.is_some(), &servers, &group, &input, partition, offset + 1).await;
+    }
+
+    // 4: aborted. It comes back as a copy (attempt 2), requeued in a
+    // transaction that committed its offset.
+    let d = next(&mut consumer, "input 4").await;
+    assert_eq!(d.message().payload, &b"4"[..]);
+    let id4 = d.message().id.clone();
+    transform(&txns, &output, d, false).await;
+    transaction_committed(
+        real.is_some(),
+        &servers,
+        &group,
+        &input,
+        partition,
+        offsets[3] + 1,
+    )
+    .await;
+
+    // 5, 6 and the copy of 4, in any order, each committed with its output.
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut consumer, "inputs 5, 6 and the copy of 4").await;
+        rest.push((
+            String::from_utf8_lossy(&d.message().payload).into_owned(),
+            d.attempt(),
+            d.message().id.clone(),
+        ));
+        transform(&txns, &output, d, true).await;
+    }
+    rest.sort();
+    assert_eq!(
+        rest[0],
+        ("4".to_string(), 2, id4),
+        "the aborted input is requeued once"
+    );
+    assert_eq!((rest[1].0.as_str(), rest[2].0.as_str()), ("5", "6"));
+    transaction_committed(
+        real.is_some(),
+        &servers,
+        &group,
+        &input,
+        partition,
+        offsets[5] + 1,
+    )
+    .await;
+
+    // A delivery of a consumer that commits by itself cannot join.
+    let mut outputs = broker.subscribe(earliest(&output, "eos-reader")).await.unwrap();
+    let plain = next(&mut *outputs, "an output").await;
+    let mut seen = HashSet::from([String::from_utf8_lossy(&plain.message().payload).into_owned()]);
+    let mut txn = txns.begin().await.unwrap();
+    let err = txn.consume(plain).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+    assert!(err.to_string().contains("subscribe_transactional"), "{err}");
+    txn.abort().await.unwrap();
+
+    // Nothing else arrives; after a restart (on a real Kafka) nothing is
+    // read again: every input was committed by a transaction.
+    let more = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await;
+    assert!(
+        !matches!(more, Ok(Ok(Some(_)))),
+        "an input was delivered twice: {more:?}"
+    );
+    consumer.close().await.unwrap();
+    if real.is_some() {
+        let mut again = broker
+            .subscribe_transactional(earliest(&input, &group))
+            .await
+            .unwrap();
+        let replayed = tokio::time::timeout(Duration::from_secs(3), again.recv()).await;
+        assert!(
+            !matches!(replayed, Ok(Ok(Some(_)))),
+            "an input was read again: {replayed:?}"
+        );
+        again.close().await.unwrap();
+    } else {
+        println!(
+            "mock cluster: 6 inputs transformed in 7 transactions (one aborted and requeued); offsets, restart and abort visibility are checked on a real Kafka only"
+        );
+    }
+
+    // The output has one committed message per input.
+    let want: HashSet<String> = (1..=6).map(|i| format!("out {i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !want.is_subset(&seen) && Instant::now() < deadline {
+        if let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(250), outputs.recv()).await {
+            seen.insert(String::from_utf8_lossy(&d.message().payload).into_owned());
+            d.ack().await.unwrap();
+        }
+    }
+    assert!(want.is_subset(&seen), "outputs seen: {seen:?}");
+    if real.is_some() {
+        let extra = drain(&mut *outputs, Duration::from_secs(2), |_| false).await;
+        assert!(
+            extra.is_empty() && !seen.contains("aborted 4"),
+            "the aborted output was consumed: {seen:?}"
+        );
+    }
+    outputs.close().await.unwrap();
+}
