@@ -8,12 +8,13 @@
 //! | topic | topic (created with `partitions` when missing); the key picks the partition |
 //! | group | consumer group |
 //! | receipt | delivery report of the idempotent producer (`acks=all`) |
-//! | ack | stores the offset once it and every earlier delivered offset of its partition are acked; committed every second, on revoke and on close |
+//! | ack | the offset is stored (by the consumer's thread, a batch at a time) once it and every earlier delivered offset of its partition are acked; committed every second, on revoke and on close |
 //! | requeue | a copy with attempt + 1 to `{topic}.{group}.retry`, then ack; with a delay the copy carries its due time and is held until then |
 //! | dead letter | produced to `{topic}.dlq` with reason headers, then ack |
 //! | crashed consumer | uncommitted offsets are read again by the member that gets the partition |
 //! | start at latest | a new group's offsets are set to the end of each partition when it subscribes |
 //! | transactions | [`KafkaBroker::transactional_producer`]: an atomic `send_batch`, and explicit transactions over several sends and topics; consumers read committed messages only |
+//! | exactly once | [`KafkaBroker::subscribe_transactional`] + [`KafkaTransaction::consume`]: a delivery's offset is committed with the transaction's output; an aborted transaction requeues its inputs in a transaction of its own |
 //!
 //! Ordering: messages of one key keep their order, except a requeued
 //! message, which comes back through the retry topic after the ones that
