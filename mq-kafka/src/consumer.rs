@@ -163,6 +163,14 @@ impl Tracker {
         Ok(())
     }
 
+    /// Whether `partition` of `source` is still held in `generation` (not
+    /// revoked since).
+    pub(crate) fn owns(&self, source: Source, partition: i32, generation: u64) -> bool {
+        self.lock()
+            .get(&(source, partition))
+            .is_some_and(|part| part.generation == generation)
+    }
+
     /// Where each partition of `settling` would be acked to once these
     /// deliveries `(source, partition, offset, generation)` are acked too:
     /// `(topic, partition, next offset)`. `Err(i)`: the partition of
@@ -401,9 +409,6 @@ pub(crate) struct Shared {
     /// What the poll thread is to do: [`RUN`], [`DRAIN`] or [`CLOSE`].
     state: AtomicU8,
     closed: AtomicBool,
-    /// Offsets are committed by transactions only (see
-    /// [`KafkaBroker::subscribe_transactional`](crate::KafkaBroker::subscribe_transactional)).
-    pub(crate) transactional: bool,
 }
 
 /// The poll thread delivers messages.
@@ -429,7 +434,12 @@ impl Shared {
         self.state.load(Ordering::Acquire)
     }
 
-    /// Produces `message` to `topic` and waits for its delivery report.
+    /// Offsets are committed by transactions only (see
+    /// [`KafkaBroker::subscribe_transactional`](crate::KafkaBroker::subscribe_transactional)).
+    pub(crate) fn transactional(&self) -> bool {
+        self.consumer.context().transactional
+    }
+
     /// Produces `message` to `topic` (on `on`, a transactional producer,
     /// else the broker's) and waits for its delivery report.
     async fn produce_copy(
@@ -616,7 +626,6 @@ impl KafkaConsumer {
             permits: Arc::new(Semaphore::new(prefetch)),
             state: AtomicU8::new(RUN),
             closed: AtomicBool::new(false),
-            transactional,
             inner,
             sub,
         });
@@ -683,7 +692,7 @@ fn poll_loop(
         }
         // Acks are stored here, on the consumer's own thread, a batch at a
         // time; auto-commit, revoke and close commit what was stored.
-        if !shared.transactional {
+        if !shared.transactional() {
             store_acked(&shared.consumer, &shared.tracker);
         }
         let permit = if state == RUN {
@@ -887,7 +896,7 @@ fn leave(shared: &Shared) {
     // librdkafka reports a manual commit's result only to a synchronous
     // caller; this is the consumer's own thread, and librdkafka bounds the
     // wait by its request timeouts.
-    if !shared.transactional {
+    if !shared.transactional() {
         store_acked(&shared.consumer, &shared.tracker);
         if let Err(e) = shared.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "commit on close");
@@ -914,7 +923,7 @@ async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> R
         .compare_exchange(RUN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
     // A transactional consumer's unacked deliveries are read again from the
     // position its transactions committed: a copy would be a duplicate.
-    let unacked = if shared.transactional {
+    let unacked = if shared.transactional() {
         Vec::new()
     } else {
         shared.tracker.unacked()

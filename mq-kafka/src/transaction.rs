@@ -84,6 +84,11 @@ impl KafkaTransactionalProducer {
     pub async fn begin(&self) -> Result<KafkaTransaction> {
         self.inner.check_open()?;
         let guard = self.one_at_a_time.clone().lock_owned().await;
+        self.open(Some(guard)).await
+    }
+
+    /// Begins a transaction; `guard` is `None` inside one that holds it.
+    async fn open(&self, guard: Option<tokio::sync::OwnedMutexGuard<()>>) -> Result<KafkaTransaction> {
         blocking(
             &self.producer,
             "begin a transaction",
@@ -94,7 +99,7 @@ impl KafkaTransactionalProducer {
         Ok(KafkaTransaction {
             owner: self.clone(),
             open: true,
-            guard: Some(guard),
+            guard,
             consumed: Vec::new(),
             consumer: None,
         })
@@ -181,7 +186,7 @@ impl KafkaTransaction {
                 "a delivery of another backend in a Kafka transaction",
             ));
         };
-        if !handle.shared.transactional {
+        if !handle.shared.transactional() {
             return Err(unsupported(
                 "consuming in a transaction a delivery of a consumer that commits by itself \
                  (subscribe with KafkaBroker::subscribe_transactional)",
@@ -316,12 +321,8 @@ impl KafkaTransactionalProducer {
         let consumed: Vec<Delivery> = consumed
             .into_iter()
             .filter(|d| {
-                d.backend_handle::<KafkaAck>().is_some_and(|h| {
-                    h.shared
-                        .tracker
-                        .positions_with(&[(h.source, h.partition, h.offset, h.generation)])
-                        .is_ok()
-                })
+                d.backend_handle::<KafkaAck>()
+                    .is_some_and(|h| h.shared.tracker.owns(h.source, h.partition, h.generation))
             })
             .collect();
         if consumed.is_empty() {
@@ -348,24 +349,12 @@ impl KafkaTransactionalProducer {
     }
 
     async fn requeue_in_transaction(&self, consumed: &[Delivery]) -> Result<()> {
-        blocking(
-            &self.producer,
-            "begin a transaction",
-            self.inner.endpoint(),
-            |p| p.begin_transaction(),
-        )
-        .await?;
         // Aborted when dropped unfinished.
-        let txn = KafkaTransaction {
-            owner: self.clone(),
-            open: true,
-            guard: None,
-            consumed: Vec::new(),
-            consumer: consumed
-                .first()
-                .and_then(|d| d.backend_handle::<KafkaAck>())
-                .map(|h| h.shared.clone()),
-        };
+        let mut txn = self.open(None).await?;
+        txn.consumer = consumed
+            .first()
+            .and_then(|d| d.backend_handle::<KafkaAck>())
+            .map(|h| h.shared.clone());
         for d in consumed {
             if let Some(h) = d.backend_handle::<KafkaAck>() {
                 h.shared
@@ -373,7 +362,6 @@ impl KafkaTransactionalProducer {
                     .await?;
             }
         }
-        let mut txn = txn;
         txn.commit_with(consumed).await?;
         txn.open = false;
         Ok(())
