@@ -3,12 +3,15 @@
 //! offset of its partition were acked), requeues through the group's retry
 //! topic, dead letters to the dead-letter topic.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use mq_core::{
     AckHandle, Consumer, Delivery, Error, Message, Nack, Result, StartPosition, Subscription,
     dead_letter_message, headers, time_from_millis,
@@ -18,7 +21,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::Inner;
 use crate::error::map;
@@ -36,15 +39,15 @@ pub(crate) enum Source {
     Retry,
 }
 
-/// A message read and not yet handed out.
-struct Received {
+/// A delivery about to be handed out, as the tracker records it.
+struct Lease {
     source: Source,
     partition: i32,
     offset: i64,
+    /// [`Tracker::stamp`] when the message was read.
+    stamp: u64,
     message: Arc<Message>,
     attempt: u32,
-    due: Option<u64>,
-    permit: OwnedSemaphorePermit,
 }
 
 /// Deliveries handed out and not yet acked, per partition.
@@ -52,8 +55,52 @@ struct Received {
 pub(crate) struct Tracker {
     /// The subscription's topic and the group's retry topic.
     names: [String; 2],
-    parts: Mutex<HashMap<(Source, i32), Part>>,
+    parts: Mutex<Parts>,
     generation: AtomicU64,
+    /// How many revokes there were (written under the lock).
+    revokes: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Parts {
+    held: PartitionMap<Part>,
+    /// The revoke count that last took each partition away.
+    revoked: PartitionMap<u64>,
+}
+
+/// A map keyed by topic and partition, with [`PartitionHasher`].
+type PartitionMap<V> = HashMap<(Source, i32), V, BuildHasherDefault<PartitionHasher>>;
+
+/// Hashes a (topic, partition) key with a multiplication per word: the keys
+/// are a few small numbers that the group coordinator assigned, so
+/// SipHash's guard against chosen keys is not needed on an ack's path.
+#[derive(Debug, Default, Clone, Copy)]
+struct PartitionHasher(u64);
+
+impl PartitionHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(29) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+impl Hasher for PartitionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.mix(u64::from(*b));
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.mix(u64::from(n.cast_unsigned()));
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.mix(n.cast_unsigned() as u64);
+    }
 }
 
 /// An unacked delivery's message and attempt, kept to hand it back.
@@ -75,13 +122,21 @@ impl Tracker {
     fn new(topic: &str, retry_topic: &str) -> Self {
         Tracker {
             names: [topic.to_string(), retry_topic.to_string()],
-            parts: Mutex::new(HashMap::new()),
+            parts: Mutex::new(Parts::default()),
             generation: AtomicU64::new(0),
+            revokes: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Source, i32), Part>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parts> {
         self.parts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What a message read now is stamped with: a lease stamped before a
+    /// later revoke of its partition is not handed out (the partition's
+    /// new owner reads it again).
+    fn stamp(&self) -> u64 {
+        self.revokes.load(Ordering::Acquire)
     }
 
     fn name(&self, source: Source) -> &str {
@@ -102,31 +157,37 @@ impl Tracker {
     }
 
     /// Records deliveries (one lock for a batch); returns each one's
-    /// partition generation.
-    fn add(&self, received: &[Received]) -> Vec<u64> {
-        let mut parts = self.lock();
-        received
+    /// partition generation, or `None` for a message whose partition was
+    /// revoked after it was read (it is not to be handed out).
+    fn add(&self, leases: &[Lease]) -> Vec<Option<u64>> {
+        let mut guard = self.lock();
+        let Parts { held, revoked } = &mut *guard;
+        leases
             .iter()
-            .map(|r| {
-                let part = parts.entry((r.source, r.partition)).or_insert_with(|| Part {
+            .map(|l| {
+                let key = (l.source, l.partition);
+                if revoked.get(&key).is_some_and(|&at| at > l.stamp) {
+                    return None;
+                }
+                let part = held.entry(key).or_insert_with(|| Part {
                     generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
                     leases: VecDeque::new(),
                     acked_to: None,
                     dirty: false,
                 });
-                let lease = Some((r.message.clone(), r.attempt));
+                let lease = Some((l.message.clone(), l.attempt));
                 // A partition's offsets arrive in ascending order; anything
                 // else (a reset to an earlier offset) is put in its place.
                 match part.leases.back() {
-                    Some(&(last, _)) if last >= r.offset => {
-                        match part.leases.binary_search_by_key(&r.offset, |l| l.0) {
+                    Some(&(last, _)) if last >= l.offset => {
+                        match part.leases.binary_search_by_key(&l.offset, |e| e.0) {
                             Ok(i) => part.leases[i].1 = lease,
-                            Err(i) => part.leases.insert(i, (r.offset, lease)),
+                            Err(i) => part.leases.insert(i, (l.offset, lease)),
                         }
                     }
-                    _ => part.leases.push_back((r.offset, lease)),
+                    _ => part.leases.push_back((l.offset, lease)),
                 }
-                part.generation
+                Some(part.generation)
             })
             .collect()
     }
@@ -142,14 +203,18 @@ impl Tracker {
         generation: u64,
     ) -> std::result::Result<(), ()> {
         let mut parts = self.lock();
-        let part = parts.get_mut(&(source, partition)).ok_or(())?;
+        let part = parts.held.get_mut(&(source, partition)).ok_or(())?;
         if part.generation != generation {
             return Err(());
         }
-        let i = part
-            .leases
-            .binary_search_by_key(&offset, |l| l.0)
-            .map_err(|_| ())?;
+        // Acks mostly come in order: the front first.
+        let i = if part.leases.front().is_some_and(|l| l.0 == offset) {
+            0
+        } else {
+            part.leases
+                .binary_search_by_key(&offset, |l| l.0)
+                .map_err(|_| ())?
+        };
         part.leases[i].1 = None;
         let mut last = None;
         while let Some(&(o, None)) = part.leases.front() {
@@ -167,6 +232,7 @@ impl Tracker {
     /// revoked since).
     pub(crate) fn owns(&self, source: Source, partition: i32, generation: u64) -> bool {
         self.lock()
+            .held
             .get(&(source, partition))
             .is_some_and(|part| part.generation == generation)
     }
@@ -182,7 +248,7 @@ impl Tracker {
         let parts = self.lock();
         let mut keys: Vec<(Source, i32)> = Vec::new();
         for (i, &(source, partition, _, generation)) in settling.iter().enumerate() {
-            match parts.get(&(source, partition)) {
+            match parts.held.get(&(source, partition)) {
                 Some(part) if part.generation == generation => {}
                 _ => return Err(i),
             }
@@ -194,7 +260,7 @@ impl Tracker {
             settling.iter().map(|&(s, p, o, _)| (s, p, o)).collect();
         let mut out = Vec::new();
         for (source, partition) in keys {
-            let Some(part) = parts.get(&(source, partition)) else {
+            let Some(part) = parts.held.get(&(source, partition)) else {
                 continue;
             };
             let mut next = part.acked_to;
@@ -216,7 +282,7 @@ impl Tracker {
     fn take_acked(&self) -> Vec<(Source, i32, i64)> {
         let mut parts = self.lock();
         let mut moved = Vec::new();
-        for (&(source, partition), part) in parts.iter_mut() {
+        for (&(source, partition), part) in &mut parts.held {
             if part.dirty
                 && let Some(next) = part.acked_to
             {
@@ -232,12 +298,18 @@ impl Tracker {
     /// how far each was acked.
     fn revoke(&self, tpl: &TopicPartitionList) -> Vec<((String, i32), i64)> {
         let mut parts = self.lock();
+        let revokes = self.revokes.fetch_add(1, Ordering::AcqRel) + 1;
         let mut acked = Vec::new();
         for e in tpl.elements() {
             let Some(source) = self.source(e.topic()) else {
                 continue;
             };
-            if let Some(next) = parts.remove(&(source, e.partition())).and_then(|p| p.acked_to) {
+            parts.revoked.insert((source, e.partition()), revokes);
+            if let Some(next) = parts
+                .held
+                .remove(&(source, e.partition()))
+                .and_then(|p| p.acked_to)
+            {
                 acked.push(((e.topic().to_string(), e.partition()), next));
             }
         }
@@ -248,7 +320,7 @@ impl Tracker {
     fn unacked(&self) -> Vec<(Source, i32, i64, u64, Arc<Message>, u32)> {
         let parts = self.lock();
         let mut out = Vec::new();
-        for (&(source, partition), part) in parts.iter() {
+        for (&(source, partition), part) in &parts.held {
             for (offset, lease) in &part.leases {
                 if let Some((m, a)) = lease {
                     out.push((source, partition, *offset, part.generation, m.clone(), *a));
@@ -405,7 +477,9 @@ pub(crate) struct Shared {
     retry_topic: String,
     pub(crate) consumer: BaseConsumer<Ctx>,
     pub(crate) tracker: Arc<Tracker>,
-    permits: Arc<Semaphore>,
+    /// Messages read and not yet settled (or dropped): at most `prefetch`.
+    in_flight: AtomicUsize,
+    prefetch: usize,
     /// What the poll thread is to do: [`RUN`], [`DRAIN`] or [`CLOSE`].
     state: AtomicU8,
     closed: AtomicBool,
@@ -432,6 +506,24 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     fn state(&self) -> u8 {
         self.state.load(Ordering::Acquire)
+    }
+
+    /// Takes a prefetch slot if one is free. Only the poll thread takes
+    /// slots (others only give them back), so the check cannot be overtaken.
+    fn take_slot(&self) -> bool {
+        if self.in_flight.load(Ordering::Acquire) < self.prefetch {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives `n` prefetch slots back.
+    fn release_slots(&self, n: usize) {
+        if n > 0 {
+            self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 
     /// Offsets are committed by transactions only (see
@@ -523,38 +615,211 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// A received Kafka message as an mq message, its attempt and when it is due.
-fn decode(m: &BorrowedMessage<'_>) -> (Message, u32, Option<u64>) {
-    let timestamp = time_from_millis(
-        m.timestamp()
-            .to_millis()
-            .and_then(|ms| u64::try_from(ms).ok())
-            .unwrap_or(0),
-    );
-    let mut id = None;
-    let mut attempt = 1;
-    let mut due = None;
-    let mut app_headers = Vec::new();
-    if let Some(hs) = m.headers() {
-        for h in hs.iter() {
-            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-            match h.key {
-                ID => id = Some(value.into_owned()),
-                k if k == headers::ATTEMPT => attempt = value.parse().unwrap_or(1),
-                DUE => due = value.parse().ok(),
-                k => app_headers.push((k.to_string(), value.into_owned())),
-            }
+/// Most messages read into one batch.
+const MAX_BATCH: usize = 256;
+/// A batch takes no more messages once its shared buffer holds this much.
+const MAX_BATCH_BYTES: usize = 48 * 1024;
+/// What a batch's shared buffer is allocated with: room for
+/// [`MAX_BATCH_BYTES`] and one more message below [`OWN_BUFFER`], so it
+/// rarely grows (and stays below the allocator's mmap threshold).
+const BATCH_CAPACITY: usize = MAX_BATCH_BYTES + OWN_BUFFER + 1024;
+/// A payload larger than this gets a buffer of its own, not a share of
+/// its batch's.
+const OWN_BUFFER: usize = 16 * 1024;
+
+/// Messages the poll thread read and the application has not yet received.
+///
+/// The poll thread only copies their bytes into one buffer, so a message
+/// costs it no allocation of its own; the application's side builds the
+/// deliveries (and frees them again, on the same thread). Payloads are
+/// slices of the buffer.
+struct Batch {
+    shared: Arc<Shared>,
+    /// Ids, keys, header names and values and payloads, back to back.
+    data: Vec<u8>,
+    items: Vec<Item>,
+    /// Application headers of every item: (name, value) in `data`.
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    /// Prefetch slots of items not yet turned into deliveries: given back
+    /// when the batch is dropped.
+    slots: usize,
+}
+
+/// One message of a [`Batch`].
+struct Item {
+    source: Source,
+    partition: i32,
+    offset: i64,
+    stamp: u64,
+    timestamp_ms: u64,
+    attempt: u32,
+    /// When a delayed copy is due (ms since the epoch).
+    due: Option<u64>,
+    id: Option<Range<usize>>,
+    key: Option<Range<usize>>,
+    payload: Payload,
+    /// This item's entries of [`Batch::headers`].
+    headers: Range<usize>,
+}
+
+enum Payload {
+    /// A slice of the batch's buffer.
+    Shared(Range<usize>),
+    /// A large payload, in a buffer of its own.
+    Own(Bytes),
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.shared.release_slots(self.slots);
+    }
+}
+
+impl Batch {
+    fn new(shared: &Arc<Shared>) -> Self {
+        Batch {
+            shared: shared.clone(),
+            data: Vec::with_capacity(BATCH_CAPACITY),
+            items: Vec::with_capacity(MAX_BATCH),
+            headers: Vec::new(),
+            slots: 0,
         }
     }
-    let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
-    // A message produced without mq's id header gets one here.
-    let mut message = match id {
-        Some(id) => Message::received(id, payload, timestamp),
-        None => Message::new(payload).with_timestamp(timestamp),
-    };
-    message.key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-    message.headers.extend(app_headers);
-    (message, attempt.max(1), due)
+
+    fn full(&self) -> bool {
+        self.items.len() >= MAX_BATCH || self.data.len() >= MAX_BATCH_BYTES
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        start..self.data.len()
+    }
+
+    /// Copies `m` in, with the prefetch slot the caller took for it; a
+    /// message of a topic this consumer did not subscribe to gives the slot
+    /// back.
+    fn read(&mut self, m: &BorrowedMessage<'_>) {
+        let Some(source) = self.shared.tracker.source(m.topic()) else {
+            tracing::warn!(
+                topic = m.topic(),
+                "a message of a topic this consumer did not subscribe to"
+            );
+            self.shared.release_slots(1);
+            return;
+        };
+        self.slots += 1;
+        let first_header = self.headers.len();
+        let (mut id, mut attempt, mut due) = (None, 1, None);
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                let value = h.value.unwrap_or_default();
+                match h.key {
+                    ID => id = Some(self.push_bytes(value)),
+                    k if k == headers::ATTEMPT => attempt = parse(value).unwrap_or(1),
+                    DUE => due = parse(value),
+                    k => {
+                        let name = self.push_bytes(k.as_bytes());
+                        let value = self.push_bytes(value);
+                        self.headers.push((name, value));
+                    }
+                }
+            }
+        }
+        let key = m.key().map(|k| self.push_bytes(k));
+        let bytes = m.payload().unwrap_or_default();
+        let payload = if bytes.len() > OWN_BUFFER {
+            Payload::Own(Bytes::copy_from_slice(bytes))
+        } else {
+            Payload::Shared(self.push_bytes(bytes))
+        };
+        self.items.push(Item {
+            source,
+            partition: m.partition(),
+            offset: m.offset(),
+            stamp: self.shared.tracker.stamp(),
+            timestamp_ms: m
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(0),
+            attempt: attempt.max(1),
+            due,
+            id,
+            key,
+            payload,
+            headers: first_header..self.headers.len(),
+        });
+    }
+
+    /// The deliveries of this batch, each with its due time (for a
+    /// delayed copy); messages of partitions revoked since they were read
+    /// are left out (their new owner reads them again).
+    fn deliveries(mut self) -> Vec<(Delivery, Option<u64>)> {
+        let data = Bytes::from(std::mem::take(&mut self.data));
+        let text = |r: &Range<usize>| String::from_utf8_lossy(&data[r.clone()]).into_owned();
+        let items = std::mem::take(&mut self.items);
+        let leases: Vec<Lease> = items
+            .iter()
+            .map(|item| {
+                let payload = match &item.payload {
+                    Payload::Shared(r) => data.slice(r.clone()),
+                    Payload::Own(b) => b.clone(),
+                };
+                let timestamp = time_from_millis(item.timestamp_ms);
+                // A message produced without mq's id header gets one here.
+                let mut message = match &item.id {
+                    Some(id) => Message::received(text(id), payload, timestamp),
+                    None => Message::new(payload).with_timestamp(timestamp),
+                };
+                message.key = item.key.as_ref().map(text);
+                message.headers.extend(
+                    self.headers[item.headers.clone()]
+                        .iter()
+                        .map(|(k, v)| (text(k), text(v))),
+                );
+                Lease {
+                    source: item.source,
+                    partition: item.partition,
+                    offset: item.offset,
+                    stamp: item.stamp,
+                    message: Arc::new(message),
+                    attempt: item.attempt,
+                }
+            })
+            .collect();
+        let generations = self.shared.tracker.add(&leases);
+        let mut out = Vec::with_capacity(leases.len());
+        for ((lease, item), generation) in leases.into_iter().zip(&items).zip(generations) {
+            let Some(generation) = generation else {
+                continue;
+            };
+            // The slot goes with the delivery.
+            self.slots -= 1;
+            let handle = KafkaAck {
+                shared: self.shared.clone(),
+                source: lease.source,
+                partition: lease.partition,
+                offset: lease.offset,
+                generation,
+                slot: AtomicBool::new(true),
+            };
+            let delivery = Delivery::shared(
+                lease.message,
+                lease.attempt,
+                self.shared.topic.clone(),
+                self.shared.group.clone(),
+                Box::new(handle),
+            );
+            out.push((delivery, item.due));
+        }
+        out
+    }
+}
+
+/// A number in a header value.
+fn parse<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// A consumer of a [`KafkaBroker`](crate::KafkaBroker) subscription: a
@@ -568,12 +833,23 @@ fn decode(m: &BorrowedMessage<'_>) -> (Message, u32, Option<u64>) {
 ///
 /// Ordering: a requeued message goes through the retry topic, so it comes
 /// back after messages that followed it.
+///
+/// Memory: messages read together share one buffer (up to about 64 KiB;
+/// a payload over 16 KiB has its own), and a delivery's payload is a slice
+/// of it, so a payload kept long keeps that buffer. Copy it
+/// (`Bytes::copy_from_slice`) to keep one alone.
 #[derive(Debug)]
 pub struct KafkaConsumer {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Result<Vec<Delivery>>>,
+    rx: mpsc::Receiver<Handed>,
+    /// Whether the poll thread has ended (nothing more arrives).
+    ended: bool,
     /// Deliveries handed over and not yet returned by `recv`.
-    ready: std::collections::VecDeque<Delivery>,
+    ready: VecDeque<Delivery>,
+    /// Delayed copies handed over before they are due, soonest first.
+    delayed: BinaryHeap<Delayed>,
+    /// Hands-over counted, to order delayed copies due at the same time.
+    seq: u64,
     /// Fires when the poll thread has left the group and ended.
     done: Option<oneshot::Receiver<()>>,
     closed: bool,
@@ -623,7 +899,8 @@ impl KafkaConsumer {
             retry_topic,
             consumer,
             tracker,
-            permits: Arc::new(Semaphore::new(prefetch)),
+            in_flight: AtomicUsize::new(0),
+            prefetch,
             state: AtomicU8::new(RUN),
             closed: AtomicBool::new(false),
             inner,
@@ -632,11 +909,10 @@ impl KafkaConsumer {
         let (tx, rx) = mpsc::channel(prefetch + 1);
         let (done_tx, done) = oneshot::channel();
         let poller = shared.clone();
-        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name(format!("mq-kafka {}", shared.group))
             .spawn(move || {
-                poll_loop(&poller, &tx, &runtime);
+                poll_loop(&poller, &tx);
                 leave(&poller);
                 let _ = done_tx.send(());
             })
@@ -653,7 +929,10 @@ impl KafkaConsumer {
         Ok(KafkaConsumer {
             shared,
             rx,
-            ready: std::collections::VecDeque::new(),
+            ended: false,
+            ready: VecDeque::new(),
+            delayed: BinaryHeap::new(),
+            seq: 0,
             done: Some(done),
             closed: false,
         })
@@ -665,7 +944,7 @@ const FETCH_WAIT_MS: &str = "100";
 
 /// How long the poll thread waits for a free prefetch slot before it
 /// pauses the partitions (and goes on serving rebalances).
-const PERMIT_WAIT: Duration = Duration::from_millis(200);
+const SLOT_WAIT: Duration = Duration::from_millis(200);
 /// How long one poll waits for a message.
 const POLL: Duration = Duration::from_millis(20);
 /// How long one poll waits while the partitions are paused: short, so a
@@ -676,11 +955,7 @@ const POLL_PAUSED: Duration = Duration::from_millis(5);
 /// group's rebalances), and hands messages out while prefetch slots are
 /// free. With none free it pauses the assigned partitions and keeps polling,
 /// so a full consumer still takes part in rebalances.
-fn poll_loop(
-    shared: &Arc<Shared>,
-    tx: &mpsc::Sender<Result<Vec<Delivery>>>,
-    runtime: &tokio::runtime::Handle,
-) {
+fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Handed>) {
     let mut failures = 0u32;
     // The assignment count when the partitions were paused, if they are.
     let mut paused: Option<u64> = None;
@@ -695,48 +970,46 @@ fn poll_loop(
         if !shared.transactional() {
             store_acked(&shared.consumer, &shared.tracker);
         }
-        let permit = if state == RUN {
-            // A consumer that is merely busy gets a slot back soon: wait a
-            // little before pausing (pausing drops what librdkafka fetched).
-            wait_for_permit(&shared.permits)
-        } else {
-            None
-        };
+        // A consumer that is merely busy gets a slot back soon: wait a
+        // little before pausing (pausing drops what librdkafka fetched).
+        let slot = state == RUN && wait_for_slot(shared);
         let generation = *assignments.borrow();
-        match (&permit, paused) {
-            (None, Some(at)) if at == generation => {}
-            (None, _) => {
+        match (slot, paused) {
+            (false, Some(at)) if at == generation => {}
+            (false, _) => {
                 // Newly assigned partitions start unpaused: pause them too.
                 pause(shared, true);
                 paused = Some(generation);
             }
-            (Some(_), Some(_)) => {
+            (true, Some(_)) => {
                 pause(shared, false);
                 paused = None;
             }
-            (Some(_), None) => {}
+            (true, None) => {}
         }
-        let received = shared
-            .consumer
-            .poll(if permit.is_some() { POLL } else { POLL_PAUSED });
+        let received = shared.consumer.poll(if slot { POLL } else { POLL_PAUSED });
         let m = match received {
-            None => continue,
+            None => {
+                shared.release_slots(usize::from(slot));
+                continue;
+            }
             Some(Ok(m)) => {
                 failures = 0;
                 m
             }
-            // The group's retry topic exists only once something was requeued.
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                tracing::debug!(error = %e, "a subscribed topic does not exist yet");
-                continue;
-            }
             Some(Err(e)) => {
+                shared.release_slots(usize::from(slot));
+                // The group's retry topic exists only once something was requeued.
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                    tracing::debug!(error = %e, "a subscribed topic does not exist yet");
+                    continue;
+                }
                 failures += 1;
                 let e = map(e, &format!("consume `{}`", shared.topic), shared.inner.endpoint());
                 tracing::warn!(error = %e, failures, "kafka consumer error");
                 // librdkafka recovers by itself; tell the application when it keeps failing.
                 if failures.is_multiple_of(5) {
-                    let _ = tx.try_send(Err(e));
+                    let _ = tx.try_send(Handed::Failed(e));
                 }
                 continue;
             }
@@ -744,115 +1017,54 @@ fn poll_loop(
         // A message while paused is not expected (pausing discards what was
         // fetched before): it waits for a slot, or, once the consumer is
         // closing, is left unstored, to be read again later.
-        let permit = match permit {
-            Some(p) => p,
-            None => loop {
+        if !slot {
+            loop {
                 if shared.state() != RUN {
                     continue 'poll;
                 }
-                if let Some(p) = wait_for_permit(&shared.permits) {
-                    break p;
+                if wait_for_slot(shared) {
+                    break;
                 }
-            },
-        };
-        // What else is already fetched goes along in the same batch: one
-        // hand-over (and wake-up) per batch, not per message.
-        let mut batch = Vec::new();
-        if let Some(r) = receive(shared, &m, permit) {
-            batch.push(r);
-        }
-        drop(m);
-        while batch.len() < MAX_BATCH {
-            let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-                break;
-            };
-            match shared.consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => batch.extend(receive(shared, &m, permit)),
-                // An error or nothing: the next round deals with it.
-                _ => break,
             }
         }
-        let deliveries = hand_out(shared, batch, tx, runtime);
+        // What else is already fetched goes along in the same batch: one
+        // hand-over (and wake-up) per batch, not per message.
+        let mut batch = Batch::new(shared);
+        batch.read(&m);
+        drop(m);
+        while !batch.full() && shared.take_slot() {
+            match shared.consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => batch.read(&m),
+                // An error or nothing: the next round deals with it.
+                _ => {
+                    shared.release_slots(1);
+                    break;
+                }
+            }
+        }
         // Never blocks long: the channel holds more batches than the prefetch.
-        if !deliveries.is_empty() && tx.blocking_send(Ok(deliveries)).is_err() {
+        if !batch.items.is_empty() && tx.blocking_send(Handed::Batch(batch)).is_err() {
             return;
         }
     }
 }
 
-/// Most deliveries handed over at once.
-const MAX_BATCH: usize = 256;
-
-/// A message read from one of the subscribed topics, with its prefetch slot.
-fn receive(shared: &Shared, m: &BorrowedMessage<'_>, permit: OwnedSemaphorePermit) -> Option<Received> {
-    let Some(source) = shared.tracker.source(m.topic()) else {
-        tracing::warn!(
-            topic = m.topic(),
-            "a message of a topic this consumer did not subscribe to"
-        );
-        return None;
-    };
-    let (message, attempt, due) = decode(m);
-    Some(Received {
-        source,
-        partition: m.partition(),
-        offset: m.offset(),
-        message: Arc::new(message),
-        attempt,
-        due,
-        permit,
-    })
+/// What the poll thread hands the application's side.
+enum Handed {
+    Batch(Batch),
+    /// Consuming keeps failing.
+    Failed(Error),
 }
 
-/// Records `batch` as handed out and makes its deliveries; a delayed copy
-/// not yet due is held (with its prefetch slot) by a task until it is.
-fn hand_out(
-    shared: &Arc<Shared>,
-    batch: Vec<Received>,
-    tx: &mpsc::Sender<Result<Vec<Delivery>>>,
-    runtime: &tokio::runtime::Handle,
-) -> Vec<Delivery> {
-    let generations = shared.tracker.add(&batch);
-    let mut deliveries = Vec::with_capacity(batch.len());
-    for (r, generation) in batch.into_iter().zip(generations) {
-        let handle = KafkaAck {
-            shared: shared.clone(),
-            source: r.source,
-            partition: r.partition,
-            offset: r.offset,
-            generation,
-            permit: Mutex::new(Some(r.permit)),
-        };
-        let delivery = Delivery::shared(
-            r.message,
-            r.attempt,
-            shared.topic.clone(),
-            shared.group.clone(),
-            Box::new(handle),
-        );
-        match r.due.map(|d| d.saturating_sub(now_millis())) {
-            Some(wait) if wait > 0 => {
-                let tx = tx.clone();
-                runtime.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                    let _ = tx.send(Ok(vec![delivery])).await;
-                });
-            }
-            _ => deliveries.push(delivery),
-        }
-    }
-    deliveries
-}
-
-/// A free prefetch slot, waited for up to [`PERMIT_WAIT`].
-fn wait_for_permit(permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
-    let deadline = std::time::Instant::now() + PERMIT_WAIT;
+/// Waits up to [`SLOT_WAIT`] for a free prefetch slot, and takes it.
+fn wait_for_slot(shared: &Shared) -> bool {
+    let deadline = std::time::Instant::now() + SLOT_WAIT;
     loop {
-        if let Ok(p) = permits.clone().try_acquire_owned() {
-            return Some(p);
+        if shared.take_slot() {
+            return true;
         }
         if std::time::Instant::now() >= deadline {
-            return None;
+            return false;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -958,19 +1170,29 @@ impl Consumer for KafkaConsumer {
         if self.closed || self.shared.inner.is_closed() {
             return Ok(None);
         }
-        if let Some(d) = self.ready.pop_front() {
-            return Ok(Some(d));
-        }
-        tokio::select! {
-            d = self.rx.recv() => match d {
-                Some(Ok(batch)) => {
-                    self.ready.extend(batch);
-                    Ok(self.ready.pop_front())
-                }
-                Some(Err(e)) => Err(e),
-                None => Ok(None),
-            },
-            () = wait_closed(&self.shared.inner) => Ok(None),
+        loop {
+            // The clock is read only while a delayed copy waits.
+            let now = if self.delayed.is_empty() { 0 } else { now_millis() };
+            if self.delayed.peek().is_some_and(|d| d.due <= now) {
+                return Ok(self.delayed.pop().map(|d| d.delivery));
+            }
+            if let Some(d) = self.ready.pop_front() {
+                return Ok(Some(d));
+            }
+            let next_due = self.delayed.peek().map(|d| d.due.saturating_sub(now));
+            if self.ended && next_due.is_none() {
+                return Ok(None);
+            }
+            // Cancel-safe: a batch is taken whole, or stays in the channel.
+            tokio::select! {
+                handed = self.rx.recv(), if !self.ended => match handed {
+                    Some(Handed::Batch(batch)) => self.take(batch),
+                    Some(Handed::Failed(e)) => return Err(e),
+                    None => self.ended = true,
+                },
+                () = tokio::time::sleep(Duration::from_millis(next_due.unwrap_or(0))), if next_due.is_some() => {}
+                () = wait_closed(&self.shared.inner) => return Ok(None),
+            }
         }
     }
 
@@ -981,6 +1203,64 @@ impl Consumer for KafkaConsumer {
         self.closed = true;
         self.rx.close();
         shutdown(self.shared.clone(), self.done.take()).await
+    }
+}
+
+impl KafkaConsumer {
+    /// Makes the deliveries of `batch`: ready ones in order, delayed
+    /// copies held until they are due.
+    fn take(&mut self, batch: Batch) {
+        let mut now = None;
+        for (delivery, due) in batch.deliveries() {
+            match due {
+                Some(due) if due > *now.get_or_insert_with(now_millis) => {
+                    self.seq += 1;
+                    self.delayed.push(Delayed {
+                        due,
+                        seq: self.seq,
+                        delivery,
+                    });
+                }
+                _ => self.ready.push_back(delivery),
+            }
+        }
+    }
+}
+
+/// A delayed copy held until it is due; the heap's top is the soonest
+/// (the earliest handed over among equals).
+struct Delayed {
+    due: u64,
+    seq: u64,
+    delivery: Delivery,
+}
+
+impl std::fmt::Debug for Delayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delayed")
+            .field("due", &self.due)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` is a max-heap.
+        (other.due, other.seq).cmp(&(self.due, self.seq))
     }
 }
 
@@ -1019,7 +1299,16 @@ pub(crate) struct KafkaAck {
     pub(crate) partition: i32,
     pub(crate) offset: i64,
     pub(crate) generation: u64,
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Whether this delivery still holds its prefetch slot.
+    slot: AtomicBool,
+}
+
+impl Drop for KafkaAck {
+    fn drop(&mut self) {
+        if self.slot.swap(false, Ordering::AcqRel) {
+            self.shared.release_slots(1);
+        }
+    }
 }
 
 impl KafkaAck {
@@ -1042,8 +1331,8 @@ impl KafkaAck {
             self.generation,
             &delivery.message().id,
         );
-        if r.is_ok() {
-            self.permit.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if r.is_ok() && self.slot.swap(false, Ordering::AcqRel) {
+            self.shared.release_slots(1);
         }
         r
     }
@@ -1081,30 +1370,25 @@ impl AckHandle for KafkaAck {
 mod tests {
     use super::*;
 
-    fn received(permits: &Arc<Semaphore>, partition: i32, offset: i64) -> Received {
-        Received {
+    fn lease(tracker: &Tracker, partition: i32, offset: i64) -> Lease {
+        Lease {
             source: Source::Topic,
             partition,
             offset,
+            stamp: tracker.stamp(),
             message: Arc::new(Message::new("x")),
             attempt: 1,
-            due: None,
-            permit: permits.clone().try_acquire_owned().expect("a permit"),
         }
     }
 
     #[test]
     fn tracker_moves_only_over_the_acked_prefix_and_reports_each_move_once() {
-        let permits = Arc::new(Semaphore::new(16));
         let tracker = Tracker::new("t", "t.g.retry");
         // Offsets 12 and 10 arrive after 11 and 13 (a reset): kept in order.
-        let batch: Vec<_> = [11, 13, 12, 10]
-            .iter()
-            .map(|&o| received(&permits, 0, o))
-            .collect();
+        let batch: Vec<_> = [11, 13, 12, 10].iter().map(|&o| lease(&tracker, 0, o)).collect();
         let generations = tracker.add(&batch);
-        let generation = generations[0];
-        assert!(generations.iter().all(|g| *g == generation));
+        let generation = generations[0].expect("held");
+        assert!(generations.iter().all(|g| *g == Some(generation)));
         assert!(tracker.take_acked().is_empty());
 
         tracker.ack(Source::Topic, 0, 11, generation).unwrap();
@@ -1119,16 +1403,15 @@ mod tests {
         // Unknown offsets, partitions and generations are refused.
         assert!(tracker.ack(Source::Topic, 0, 99, generation).is_err());
         assert!(tracker.ack(Source::Retry, 0, 11, generation).is_err());
-        tracker.add(&[received(&permits, 0, 14)]);
+        tracker.add(&[lease(&tracker, 0, 14)]);
         assert!(tracker.ack(Source::Topic, 0, 14, generation + 1).is_err());
         assert_eq!(tracker.unacked().len(), 1);
     }
 
     #[test]
     fn revoked_partitions_report_how_far_they_were_acked() {
-        let permits = Arc::new(Semaphore::new(4));
         let tracker = Tracker::new("t", "t.g.retry");
-        let g = tracker.add(&[received(&permits, 3, 7), received(&permits, 3, 8)])[0];
+        let g = tracker.add(&[lease(&tracker, 3, 7), lease(&tracker, 3, 8)])[0].expect("held");
         tracker.ack(Source::Topic, 3, 7, g).unwrap();
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("t", 3);
@@ -1136,5 +1419,22 @@ mod tests {
         assert_eq!(tracker.revoke(&tpl), vec![(("t".to_string(), 3), 8)]);
         assert!(tracker.ack(Source::Topic, 3, 8, g).is_err(), "revoked");
         assert!(tracker.unacked().is_empty());
+    }
+
+    #[test]
+    fn messages_read_before_their_partition_was_revoked_are_not_handed_out() {
+        let tracker = Tracker::new("t", "t.g.retry");
+        // Read (stamped) before the revoke of partition 3, handed out after it.
+        let stale = [lease(&tracker, 3, 8), lease(&tracker, 4, 8)];
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("t", 3);
+        tracker.revoke(&tpl);
+        let generations = tracker.add(&stale);
+        assert_eq!(generations[0], None, "partition 3 was revoked after the read");
+        assert!(generations[1].is_some(), "partition 4 was not revoked");
+        // Read again once the partition is back: handed out.
+        let fresh = tracker.add(&[lease(&tracker, 3, 8)]);
+        assert!(fresh[0].is_some());
+        assert_eq!(tracker.unacked().len(), 2);
     }
 }
