@@ -478,12 +478,19 @@ pub(crate) struct Shared {
     pub(crate) consumer: BaseConsumer<Ctx>,
     pub(crate) tracker: Arc<Tracker>,
     /// Messages read and not yet settled (or dropped): at most `prefetch`.
-    in_flight: AtomicUsize,
+    /// (On a cache line of its own: both threads write it for every
+    /// message, and the flags beside it are read as often.)
+    in_flight: Padded<AtomicUsize>,
     prefetch: usize,
     /// What the poll thread is to do: [`RUN`], [`DRAIN`] or [`CLOSE`].
     state: AtomicU8,
     closed: AtomicBool,
 }
+
+/// A value alone on its cache line.
+#[repr(align(64))]
+#[derive(Debug)]
+struct Padded<T>(T);
 
 /// The poll thread delivers messages.
 const RUN: u8 = 0;
@@ -511,8 +518,8 @@ impl Shared {
     /// Takes a prefetch slot if one is free. Only the poll thread takes
     /// slots (others only give them back), so the check cannot be overtaken.
     fn take_slot(&self) -> bool {
-        if self.in_flight.load(Ordering::Acquire) < self.prefetch {
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.in_flight.0.load(Ordering::Acquire) < self.prefetch {
+            self.in_flight.0.fetch_add(1, Ordering::AcqRel);
             true
         } else {
             false
@@ -522,7 +529,7 @@ impl Shared {
     /// Gives `n` prefetch slots back.
     fn release_slots(&self, n: usize) {
         if n > 0 {
-            self.in_flight.fetch_sub(n, Ordering::AcqRel);
+            self.in_flight.0.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
@@ -545,7 +552,7 @@ impl Shared {
         let producer = on.unwrap_or(&self.inner.producer);
         let delivery = self.inner.enqueue_on(producer, topic, message, attempt).await?;
         self.inner
-            .delivered(&topic.into(), &message.id, delivery)
+            .delivered(&topic.into(), message.id.clone(), delivery)
             .await
             .map(|_| ())
     }
@@ -899,7 +906,7 @@ impl KafkaConsumer {
             retry_topic,
             consumer,
             tracker,
-            in_flight: AtomicUsize::new(0),
+            in_flight: Padded(AtomicUsize::new(0)),
             prefetch,
             state: AtomicU8::new(RUN),
             closed: AtomicBool::new(false),
