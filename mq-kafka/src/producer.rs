@@ -80,7 +80,7 @@ impl Inner {
     pub(crate) async fn delivered(
         &self,
         topic: &Arc<str>,
-        id: &str,
+        id: String,
         delivery: DeliveryFuture,
     ) -> Result<Receipt> {
         match delivery.await {
@@ -98,30 +98,40 @@ impl Inner {
     }
 
     /// Checks and sends `messages` on `producer`: every one queued, then
-    /// their delivery reports awaited together.
+    /// their delivery reports awaited together. Each receipt takes its
+    /// message's id.
     pub(crate) async fn produce_on(
         &self,
         producer: &FutureProducer,
         topic: &str,
-        messages: &[Message],
+        messages: Vec<Message>,
     ) -> Result<Vec<Receipt>> {
         self.check_open()?;
-        check_send("kafka", topic, messages, self.config.max_message_bytes())?;
+        check_send("kafka", topic, &messages, self.config.max_message_bytes())?;
         self.ensure_topic(topic).await?;
         let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
+        for m in &messages {
             pending.push(self.enqueue_on(producer, topic, m, None).await?);
         }
+        // Every message is queued already: the reports are collected in
+        // order (most are in by the time their turn comes), which costs
+        // less than polling them all together.
         let shared_topic: Arc<str> = topic.into();
-        futures::future::join_all(
-            messages
-                .iter()
-                .zip(pending)
-                .map(|(m, d)| self.delivered(&shared_topic, &m.id, d)),
-        )
-        .await
-        .into_iter()
-        .collect()
+        let mut receipts = Vec::with_capacity(messages.len());
+        let mut failed = None;
+        for (m, d) in messages.into_iter().zip(pending) {
+            match self.delivered(&shared_topic, m.id, d).await {
+                Ok(r) => receipts.push(r),
+                // The first failure is reported, once every report is in.
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(receipts),
+        }
     }
 }
 
@@ -160,7 +170,7 @@ impl KafkaProducer {
         KafkaProducer { inner, options }
     }
 
-    async fn produce(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {
+    async fn produce(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
         let work = self.inner.produce_on(&self.inner.producer, topic, messages);
         match self.options.send_timeout {
             None => work.await,
@@ -177,11 +187,11 @@ impl KafkaProducer {
 #[async_trait]
 impl Producer for KafkaProducer {
     async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
-        single(self.produce(topic, std::slice::from_ref(&message)).await?, topic)
+        single(self.produce(topic, vec![message]).await?, topic)
     }
 
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
-        self.produce(topic, &messages).await
+        self.produce(topic, messages).await
     }
 
     async fn flush(&self) -> Result<()> {

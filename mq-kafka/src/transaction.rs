@@ -156,7 +156,7 @@ impl KafkaTransaction {
     pub async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
         self.owner
             .inner
-            .produce_on(&self.owner.producer, topic, &messages)
+            .produce_on(&self.owner.producer, topic, messages)
             .await
     }
 
