@@ -9,10 +9,12 @@
 //!   acks each message (raw: `BaseConsumer` with `enable.auto.offset.store=false`
 //!   and `store_offset` per message, auto-commit every second,
 //!   `fetch.wait.max.ms=100` as mq-kafka sets it; mq: `recv` + `ack`,
-//!   prefetch 1,000). Timed from the first message to the last. A second
-//!   raw consumer ("raw-owned") also reads each message into owned values
-//!   (payload, key, headers), as mq-kafka's deliveries hold them: the gap
-//!   between raw and raw-owned is the cost of that copy, the rest is mq's.
+//!   prefetch 1,000). Timed from the first message to the last. Two more
+//!   raw consumers read the topic mq produced (the same messages, with mq's
+//!   id header): "raw-headers" also reads each message's headers (as any
+//!   consumer of an id header must; librdkafka parses them only when asked),
+//!   "raw-owned" also copies each message into owned values (payload, key,
+//!   headers), as mq-kafka's deliveries hold them.
 //!
 //! Prints msgs/s for both and the ratios (median of the rounds), for
 //! `linger.ms` 5 and 0.
@@ -103,10 +105,20 @@ async fn mq_produce(broker: &KafkaBroker, topic: &str, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Raw rdkafka's consumer with the settings mq-kafka gives its own. With
-/// `owned`, each message is read into owned values (payload, key, every
-/// header), which is what mq-kafka's deliveries hold.
-fn raw_consume(servers: &str, topic: &str, n: usize, owned: bool) -> f64 {
+/// What a raw consumer does with each message besides storing its offset.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Nothing.
+    Plain,
+    /// Reads every header (librdkafka parses them when first asked).
+    Headers,
+    /// Copies payload, key and every header into owned values, which is
+    /// what mq-kafka's deliveries hold.
+    Owned,
+}
+
+/// Raw rdkafka's consumer with the settings mq-kafka gives its own.
+fn raw_consume(servers: &str, topic: &str, n: usize, read: Read) -> f64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", unique("raw"))
@@ -127,7 +139,18 @@ fn raw_consume(servers: &str, topic: &str, n: usize, owned: bool) -> f64 {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             started.get_or_insert_with(Instant::now);
-            if owned {
+            if let Read::Headers = read {
+                let names: usize = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                            .sum()
+                    })
+                    .unwrap_or_default();
+                std::hint::black_box(names);
+            }
+            if let Read::Owned = read {
                 let payload = m.payload().map(<[u8]>::to_vec);
                 let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                 let headers: Vec<(String, String)> = m
@@ -205,8 +228,14 @@ async fn main() {
         let broker = KafkaBroker::connect(KafkaConfig::from_url(&BrokerUrl::parse(&url).unwrap()).unwrap())
             .await
             .unwrap();
-        let (mut rp, mut mp, mut rc, mut oc, mut mc) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut rp, mut mp, mut rc, mut hc, mut oc, mut mc) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for round in 0..rounds {
             let (raw_topic, mq_topic) = (unique("raw"), unique("mq"));
             // Both topics exist (created on first use) before timing.
@@ -221,40 +250,51 @@ async fn main() {
                 rp.push(raw_produce(&raw_producer, &raw_topic, n).await);
             }
             // Each consumer is a new group reading n + 1 messages: raw its
-            // own topic, raw-owned and mq the topic mq produced (the same
-            // messages, with mq's headers).
-            let raw = |topic: &str, owned: bool| {
+            // own topic, raw-headers, raw-owned and mq the topic mq produced
+            // (the same messages, with mq's headers).
+            let raw = |topic: &str, read: Read| {
                 let (s, t) = (servers.clone(), topic.to_string());
-                tokio::task::spawn_blocking(move || raw_consume(&s, &t, n + 1, owned))
+                tokio::task::spawn_blocking(move || raw_consume(&s, &t, n + 1, read))
             };
             if round % 2 == 0 {
-                rc.push(raw(&raw_topic, false).await.unwrap());
-                oc.push(raw(&mq_topic, true).await.unwrap());
+                rc.push(raw(&raw_topic, Read::Plain).await.unwrap());
+                hc.push(raw(&mq_topic, Read::Headers).await.unwrap());
+                oc.push(raw(&mq_topic, Read::Owned).await.unwrap());
                 mc.push(mq_consume(&broker, &mq_topic, n + 1).await);
             } else {
                 mc.push(mq_consume(&broker, &mq_topic, n + 1).await);
-                oc.push(raw(&mq_topic, true).await.unwrap());
-                rc.push(raw(&raw_topic, false).await.unwrap());
+                oc.push(raw(&mq_topic, Read::Owned).await.unwrap());
+                hc.push(raw(&mq_topic, Read::Headers).await.unwrap());
+                rc.push(raw(&raw_topic, Read::Plain).await.unwrap());
             }
             println!(
-                "  linger.ms={linger} round {}: produce raw {:.0} mq {:.0}; consume+ack raw {:.0} raw-owned {:.0} mq {:.0}",
+                "  linger.ms={linger} round {}: produce raw {:.0} mq {:.0}; consume+ack raw {:.0} raw-headers {:.0} raw-owned {:.0} mq {:.0}",
                 round + 1,
                 rp[round],
                 mp[round],
                 rc[round],
+                hc[round],
                 oc[round],
                 mc[round]
             );
         }
-        let (rp, mp, rc, oc, mc) = (median(rp), median(mp), median(rc), median(oc), median(mc));
+        let (rp, mp, rc, hc, oc, mc) = (
+            median(rp),
+            median(mp),
+            median(rc),
+            median(hc),
+            median(oc),
+            median(mc),
+        );
         println!(
             "linger.ms={linger}  produce: raw {rp:.0} msg/s, mq-kafka {mp:.0} msg/s, ratio {:.2} (target >= 0.9)",
             mp / rp
         );
         println!(
             "linger.ms={linger}  consume+ack: raw {rc:.0} msg/s, mq-kafka {mc:.0} msg/s, ratio {:.2} (target >= 0.8); \
-             raw reading owned messages {oc:.0} msg/s, ratio to it {:.2}",
+             raw reading headers {hc:.0} msg/s, ratio to it {:.2}; raw reading owned messages {oc:.0} msg/s, ratio to it {:.2}",
             mc / rc,
+            mc / hc,
             mc / oc
         );
         broker.close().await.unwrap();
