@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use mq_core::{Broker, BrokerUrl, Message, ProducerOptions, StartPosition, Subscription};
 use mq_kafka::{KafkaBroker, KafkaConfig};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer as _};
@@ -103,6 +105,18 @@ async fn mq_produce(broker: &KafkaBroker, topic: &str, n: usize) -> f64 {
         producer.send_batch(topic, batch).await.unwrap();
     }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Creates `topic` as mq-kafka creates its topics on a real cluster.
+async fn create_topic(servers: &str, topic: &str, partitions: i32, replication: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    for result in admin.create_topics([&new], &AdminOptions::new()).await.unwrap() {
+        result.unwrap();
+    }
 }
 
 /// What a raw consumer does with each message besides storing its offset.
@@ -207,6 +221,7 @@ async fn main() {
     let n = env_usize("MQ_BENCH_MESSAGES", 50_000);
     let rounds = env_usize("MQ_BENCH_ROUNDS", 5).max(1);
     // The mock cluster lives as long as its owner client.
+    let real_cluster = std::env::var("MQ_TEST_KAFKA_BROKERS").is_ok_and(|s| !s.trim().is_empty());
     let (servers, _owner, mq_extra) = match std::env::var("MQ_TEST_KAFKA_BROKERS") {
         Ok(s) if !s.trim().is_empty() => (s, None, String::new()),
         _ => {
@@ -238,7 +253,13 @@ async fn main() {
         );
         for round in 0..rounds {
             let (raw_topic, mq_topic) = (unique("raw"), unique("mq"));
-            // Both topics exist (created on first use) before timing.
+            // Both topics exist before timing: mq creates its own (on a
+            // real cluster through the admin API), raw's is created like it
+            // there, and on the mock cluster on first use.
+            if real_cluster {
+                let config = broker.config();
+                create_topic(&servers, &raw_topic, config.partitions, config.replication).await;
+            }
             raw_produce(&raw_producer, &raw_topic, 1).await;
             mq_produce(&broker, &mq_topic, 1).await;
             // Alternate which side goes first.
