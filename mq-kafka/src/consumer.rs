@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mq_core::{
     AckHandle, Consumer, Delivery, Error, Message, Nack, Result, StartPosition, Subscription,
     dead_letter_message, headers, time_from_millis,
@@ -626,10 +626,12 @@ fn now_millis() -> u64 {
 const MAX_BATCH: usize = 256;
 /// A batch takes no more messages once its shared buffer holds this much.
 const MAX_BATCH_BYTES: usize = 48 * 1024;
-/// What a batch's shared buffer is allocated with: room for
-/// [`MAX_BATCH_BYTES`] and one more message below [`OWN_BUFFER`], so it
-/// rarely grows (and stays below the allocator's mmap threshold).
+/// The room a batch starts with: [`MAX_BATCH_BYTES`] and one more message
+/// below [`OWN_BUFFER`], so it rarely grows.
 const BATCH_CAPACITY: usize = MAX_BATCH_BYTES + OWN_BUFFER + 1024;
+/// The buffer that batches are cut from, one after another: a new one is
+/// allocated once less than [`BATCH_CAPACITY`] is left, not per batch.
+const ARENA: usize = 256 * 1024;
 /// A payload larger than this gets a buffer of its own, not a share of
 /// its batch's.
 const OWN_BUFFER: usize = 16 * 1024;
@@ -642,8 +644,10 @@ const OWN_BUFFER: usize = 16 * 1024;
 /// slices of the buffer.
 struct Batch {
     shared: Arc<Shared>,
-    /// Ids, keys, header names and values and payloads, back to back.
-    data: Vec<u8>,
+    /// Ids, keys, header names and values and payloads, back to back: the
+    /// rest of the poll thread's arena while the batch is read, then only
+    /// what it holds.
+    data: BytesMut,
     items: Vec<Item>,
     /// Application headers of every item: (name, value) in `data`.
     headers: Vec<(Range<usize>, Range<usize>)>,
@@ -683,14 +687,25 @@ impl Drop for Batch {
 }
 
 impl Batch {
-    fn new(shared: &Arc<Shared>) -> Self {
+    /// A batch written into what is left of `arena` (a new arena when
+    /// little is), with room for about as many items as the last one had.
+    fn new(shared: &Arc<Shared>, arena: &mut BytesMut, last_len: usize) -> Self {
+        if arena.capacity() < BATCH_CAPACITY {
+            *arena = BytesMut::with_capacity(ARENA);
+        }
         Batch {
             shared: shared.clone(),
-            data: Vec::with_capacity(BATCH_CAPACITY),
-            items: Vec::with_capacity(MAX_BATCH),
+            data: std::mem::take(arena),
+            items: Vec::with_capacity(last_len.clamp(16, MAX_BATCH)),
             headers: Vec::new(),
             slots: 0,
         }
+    }
+
+    /// Keeps only the bytes written, and gives the rest of the arena back.
+    fn finish(&mut self, arena: &mut BytesMut) {
+        let written = self.data.split();
+        *arena = std::mem::replace(&mut self.data, written);
     }
 
     fn full(&self) -> bool {
@@ -763,7 +778,7 @@ impl Batch {
     /// delayed copy); messages of partitions revoked since they were read
     /// are left out (their new owner reads them again).
     fn deliveries(mut self) -> Vec<(Delivery, Option<u64>)> {
-        let data = Bytes::from(std::mem::take(&mut self.data));
+        let data = std::mem::take(&mut self.data).freeze();
         let text = |r: &Range<usize>| String::from_utf8_lossy(&data[r.clone()]).into_owned();
         let items = std::mem::take(&mut self.items);
         let leases: Vec<Lease> = items
@@ -841,8 +856,8 @@ fn parse<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
 /// Ordering: a requeued message goes through the retry topic, so it comes
 /// back after messages that followed it.
 ///
-/// Memory: messages read together share one buffer (up to about 64 KiB;
-/// a payload over 16 KiB has its own), and a delivery's payload is a slice
+/// Memory: messages read one after another share one buffer (256 KiB; a
+/// payload over 16 KiB has its own), and a delivery's payload is a slice
 /// of it, so a payload kept long keeps that buffer. Copy it
 /// (`Bytes::copy_from_slice`) to keep one alone.
 #[derive(Debug)]
@@ -967,6 +982,8 @@ fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Handed>) {
     // The assignment count when the partitions were paused, if they are.
     let mut paused: Option<u64> = None;
     let assignments = shared.consumer.context().assigned.subscribe();
+    let mut arena = BytesMut::new();
+    let mut last_len = 0;
     'poll: loop {
         let state = shared.state();
         if state == CLOSE || tx.is_closed() {
@@ -1036,7 +1053,7 @@ fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Handed>) {
         }
         // What else is already fetched goes along in the same batch: one
         // hand-over (and wake-up) per batch, not per message.
-        let mut batch = Batch::new(shared);
+        let mut batch = Batch::new(shared, &mut arena, last_len);
         batch.read(&m);
         drop(m);
         while !batch.full() && shared.take_slot() {
@@ -1049,6 +1066,8 @@ fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Handed>) {
                 }
             }
         }
+        batch.finish(&mut arena);
+        last_len = batch.items.len();
         // Never blocks long: the channel holds more batches than the prefetch.
         if !batch.items.is_empty() && tx.blocking_send(Handed::Batch(batch)).is_err() {
             return;
