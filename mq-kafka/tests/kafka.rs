@@ -308,6 +308,65 @@ async fn every_confirmed_send_is_consumed_through_broker_faults() {
     consumer.close().await.unwrap();
 }
 
+/// The consumer copies messages into shared buffers a batch at a time
+/// (large payloads apart) and slices deliveries out of them: every field
+/// must come back intact, across batches and buffers, including payloads
+/// kept after later messages were read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_read_in_shared_buffers_arrive_intact() {
+    const N: usize = 300;
+    // Around the 16 KiB own-buffer threshold, empty, small and large.
+    const SIZES: [usize; 7] = [0, 1, 100, 16 * 1024, 16 * 1024 + 1, 5_000, 60_000];
+    let mock = Mock::start();
+    let broker = mock_broker(&mock, "").await;
+    let topic = unique("buffers");
+    let producer = producer(&broker).await;
+    let mut sent = HashMap::new();
+    let batch: Vec<Message> = (0..N)
+        .map(|i| {
+            let payload: Vec<u8> = (0..SIZES[i % SIZES.len()]).map(|b| (b * 31 + i) as u8).collect();
+            Message::new(payload)
+                .with_key(format!("key-{i}"))
+                .with_header("n", i.to_string())
+                .with_header("välue", format!("ü{i}"))
+        })
+        .collect();
+    for m in &batch {
+        sent.insert(m.id.clone(), m.clone());
+    }
+    for chunk in batch.chunks(50) {
+        producer.send_batch(&topic, chunk.to_vec()).await.expect("send");
+    }
+    let mut consumer = broker
+        .subscribe(earliest(&topic, "buffers").prefetch(64))
+        .await
+        .expect("subscribe");
+    // Every received message is kept until the end, payload and all.
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} received in 30 s",
+            received.len()
+        );
+        let d = expect_delivery(consumer.as_mut(), "a message of the topic").await;
+        d.ack().await.expect("ack");
+        received.push(d.message().clone());
+    }
+    let mut ids = HashSet::new();
+    for got in &received {
+        let want = sent
+            .get(&got.id)
+            .unwrap_or_else(|| panic!("unknown id {}", got.id));
+        assert!(ids.insert(got.id.clone()), "{} delivered twice", got.id);
+        assert_eq!(got.payload, want.payload, "payload of {}", got.id);
+        assert_eq!(got.key, want.key, "key of {}", got.id);
+        assert_eq!(got.headers, want.headers, "headers of {}", got.id);
+    }
+    consumer.close().await.expect("close");
+}
+
 #[tokio::test]
 async fn unreachable_bootstrap_servers_fail_within_the_bound() {
     let started = Instant::now();
