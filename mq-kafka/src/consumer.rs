@@ -482,6 +482,10 @@ pub(crate) struct Shared {
     /// message, and the flags beside it are read as often.)
     in_flight: Padded<AtomicUsize>,
     prefetch: usize,
+    /// The poll thread, to wake when slots are free again.
+    poller: std::sync::OnceLock<std::thread::Thread>,
+    /// Whether the poll thread sleeps waiting for a slot.
+    parked: AtomicBool,
     /// What the poll thread is to do: [`RUN`], [`DRAIN`] or [`CLOSE`].
     state: AtomicU8,
     closed: AtomicBool,
@@ -527,9 +531,20 @@ impl Shared {
     }
 
     /// Gives `n` prefetch slots back.
+    /// Wakes the poll thread, if it waits for slots, once half the
+    /// prefetch is free.
     fn release_slots(&self, n: usize) {
-        if n > 0 {
-            self.in_flight.0.fetch_sub(n, Ordering::AcqRel);
+        if n == 0 {
+            return;
+        }
+        let before = self.in_flight.0.fetch_sub(n, Ordering::AcqRel);
+        let low = self.prefetch / 2;
+        if before > low
+            && before - n <= low
+            && self.parked.load(Ordering::SeqCst)
+            && let Some(poller) = self.poller.get()
+        {
+            poller.unpark();
         }
     }
 
@@ -923,6 +938,8 @@ impl KafkaConsumer {
             tracker,
             in_flight: Padded(AtomicUsize::new(0)),
             prefetch,
+            poller: std::sync::OnceLock::new(),
+            parked: AtomicBool::new(false),
             state: AtomicU8::new(RUN),
             closed: AtomicBool::new(false),
             inner,
@@ -934,6 +951,7 @@ impl KafkaConsumer {
         std::thread::Builder::new()
             .name(format!("mq-kafka {}", shared.group))
             .spawn(move || {
+                let _ = poller.poller.set(std::thread::current());
                 poll_loop(&poller, &tx);
                 leave(&poller);
                 let _ = done_tx.send(());
@@ -1083,16 +1101,28 @@ enum Handed {
 }
 
 /// Waits up to [`SLOT_WAIT`] for a free prefetch slot, and takes it.
+///
+/// It sleeps a millisecond at a time, and is woken early once half the
+/// prefetch is free again, so that a busy application does not run dry
+/// while this thread sleeps.
 fn wait_for_slot(shared: &Shared) -> bool {
     let deadline = std::time::Instant::now() + SLOT_WAIT;
     loop {
         if shared.take_slot() {
             return true;
         }
-        if std::time::Instant::now() >= deadline {
+        let now = std::time::Instant::now();
+        if now >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        shared.parked.store(true, Ordering::SeqCst);
+        // A release before the flag was set would not wake this thread.
+        if shared.take_slot() {
+            shared.parked.store(false, Ordering::SeqCst);
+            return true;
+        }
+        std::thread::park_timeout(Duration::from_millis(1).min(deadline - now));
+        shared.parked.store(false, Ordering::SeqCst);
     }
 }
 
