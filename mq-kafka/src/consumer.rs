@@ -521,23 +521,26 @@ impl Shared {
 
     /// Takes a prefetch slot if one is free. Only the poll thread takes
     /// slots (others only give them back), so the check cannot be overtaken.
+    ///
+    /// The count and the `parked` flag are sequentially consistent: a
+    /// release that this check misses sees the flag set, and wakes the
+    /// thread (a wake-up lost otherwise would cost 1 ms, not a hang).
     fn take_slot(&self) -> bool {
-        if self.in_flight.0.load(Ordering::Acquire) < self.prefetch {
-            self.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        if self.in_flight.0.load(Ordering::SeqCst) < self.prefetch {
+            self.in_flight.0.fetch_add(1, Ordering::SeqCst);
             true
         } else {
             false
         }
     }
 
-    /// Gives `n` prefetch slots back.
-    /// Wakes the poll thread, if it waits for slots, once half the
-    /// prefetch is free.
+    /// Gives `n` prefetch slots back, and wakes the poll thread, if it
+    /// waits for slots, once half the prefetch is free.
     fn release_slots(&self, n: usize) {
         if n == 0 {
             return;
         }
-        let before = self.in_flight.0.fetch_sub(n, Ordering::AcqRel);
+        let before = self.in_flight.0.fetch_sub(n, Ordering::SeqCst);
         let low = self.prefetch / 2;
         if before > low
             && before - n <= low
