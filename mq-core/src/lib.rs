@@ -44,7 +44,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `testkit` | [`testkit`]: the conformance checks every backend runs |
+//! | `testkit` | the `testkit` module: the conformance checks every backend runs |
 
 pub mod balance;
 mod broker;
