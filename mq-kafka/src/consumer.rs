@@ -519,6 +519,14 @@ impl Shared {
         self.state.load(Ordering::Acquire)
     }
 
+    /// Has the poll thread deliver nothing more (unless it is closing
+    /// already).
+    fn drain(&self) {
+        let _ = self
+            .state
+            .compare_exchange(RUN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// Takes a prefetch slot if one is free. Only the poll thread takes
     /// slots (others only give them back), so the check cannot be overtaken.
     ///
@@ -609,13 +617,8 @@ impl Shared {
                 .saturating_add(1);
             copy.headers.insert(DUE.into(), due.to_string());
         }
-        self.produce_copy(
-            on,
-            &self.retry_topic.clone(),
-            &copy,
-            Some(attempt.saturating_add(1)),
-        )
-        .await
+        self.produce_copy(on, &self.retry_topic, &copy, Some(attempt.saturating_add(1)))
+            .await
     }
 
     /// Acks one delivery: the poll thread stores the partition's offset
@@ -1155,9 +1158,7 @@ fn pause(shared: &Shared, on: bool) {
 fn leave(shared: &Shared) {
     // Closing or dropped: keep serving rebalances while the deliveries are
     // handed back.
-    let _ = shared
-        .state
-        .compare_exchange(RUN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+    shared.drain();
     pause(shared, true);
     // Short polls: the commit follows the hand-back closely, before a
     // rebalance can start (the mock cluster refuses commits during one).
@@ -1189,9 +1190,7 @@ fn leave(shared: &Shared) {
 /// Hands unacked deliveries back (copies with attempt + 1), then has the
 /// poll thread commit and leave the group.
 async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> Result<()> {
-    let _ = shared
-        .state
-        .compare_exchange(RUN, DRAIN, Ordering::AcqRel, Ordering::Acquire);
+    shared.drain();
     // A transactional consumer's unacked deliveries are read again from the
     // position its transactions committed: a copy would be a duplicate.
     let unacked = if shared.transactional() {

@@ -1,4 +1,5 @@
-//! Sending: delivery reports awaited together, queue-full as backpressure.
+//! Sending: every message queued before the first delivery report is
+//! awaited, queue-full as backpressure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,8 +99,7 @@ impl Inner {
     }
 
     /// Checks and sends `messages` on `producer`: every one queued, then
-    /// their delivery reports awaited together. Each receipt takes its
-    /// message's id.
+    /// their delivery reports collected. Each receipt takes its message's id.
     pub(crate) async fn produce_on(
         &self,
         producer: &FutureProducer,
@@ -158,7 +158,7 @@ pub(crate) fn single(mut receipts: Vec<Receipt>, topic: &str) -> Result<Receipt>
 
 /// A producer of a [`KafkaBroker`](crate::KafkaBroker): idempotent
 /// (`acks=all`); `send` resolves on the delivery report; `send_batch` queues
-/// every message, then awaits their reports together.
+/// every message, then awaits their reports.
 #[derive(Debug)]
 pub struct KafkaProducer {
     inner: Arc<Inner>,
