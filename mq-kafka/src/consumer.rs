@@ -156,40 +156,35 @@ impl Tracker {
         }
     }
 
-    /// Records deliveries (one lock for a batch); returns each one's
-    /// partition generation, or `None` for a message whose partition was
-    /// revoked after it was read (it is not to be handed out).
-    fn add(&self, leases: &[Lease]) -> Vec<Option<u64>> {
+    /// Records a delivery; returns its partition's generation, or `None`
+    /// for a message whose partition was revoked after it was read (it is
+    /// not to be handed out).
+    fn add(&self, l: &Lease) -> Option<u64> {
         let mut guard = self.lock();
         let Parts { held, revoked } = &mut *guard;
-        leases
-            .iter()
-            .map(|l| {
-                let key = (l.source, l.partition);
-                if revoked.get(&key).is_some_and(|&at| at > l.stamp) {
-                    return None;
+        let key = (l.source, l.partition);
+        if revoked.get(&key).is_some_and(|&at| at > l.stamp) {
+            return None;
+        }
+        let part = held.entry(key).or_insert_with(|| Part {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            leases: VecDeque::new(),
+            acked_to: None,
+            dirty: false,
+        });
+        let lease = Some((l.message.clone(), l.attempt));
+        // A partition's offsets arrive in ascending order; anything else (a
+        // reset to an earlier offset) is put in its place.
+        match part.leases.back() {
+            Some(&(last, _)) if last >= l.offset => {
+                match part.leases.binary_search_by_key(&l.offset, |e| e.0) {
+                    Ok(i) => part.leases[i].1 = lease,
+                    Err(i) => part.leases.insert(i, (l.offset, lease)),
                 }
-                let part = held.entry(key).or_insert_with(|| Part {
-                    generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-                    leases: VecDeque::new(),
-                    acked_to: None,
-                    dirty: false,
-                });
-                let lease = Some((l.message.clone(), l.attempt));
-                // A partition's offsets arrive in ascending order; anything
-                // else (a reset to an earlier offset) is put in its place.
-                match part.leases.back() {
-                    Some(&(last, _)) if last >= l.offset => {
-                        match part.leases.binary_search_by_key(&l.offset, |e| e.0) {
-                            Ok(i) => part.leases[i].1 = lease,
-                            Err(i) => part.leases.insert(i, (l.offset, lease)),
-                        }
-                    }
-                    _ => part.leases.push_back((l.offset, lease)),
-                }
-                Some(part.generation)
-            })
-            .collect()
+            }
+            _ => part.leases.push_back((l.offset, lease)),
+        }
+        Some(part.generation)
     }
 
     /// Marks a delivery acked, and moves the partition's acked position
@@ -795,50 +790,86 @@ impl Batch {
         });
     }
 
-    /// The deliveries of this batch, each with its due time (for a
-    /// delayed copy); messages of partitions revoked since they were read
-    /// are left out (their new owner reads them again).
-    fn deliveries(mut self) -> Vec<(Delivery, Option<u64>)> {
-        let data = std::mem::take(&mut self.data).freeze();
+    /// The batch, to be handed out one delivery at a time.
+    fn pending(mut self) -> Pending {
+        Pending {
+            shared: self.shared.clone(),
+            data: std::mem::take(&mut self.data).freeze(),
+            items: std::mem::take(&mut self.items).into_iter(),
+            headers: std::mem::take(&mut self.headers),
+            // The slots go along (this batch gives none back when dropped).
+            slots: std::mem::take(&mut self.slots),
+        }
+    }
+}
+
+/// A batch the application's side hands out, one delivery per `recv`.
+///
+/// Each delivery is built when it is asked for, so its allocations (id,
+/// message, ack handle) are mostly freed again before the next one's are
+/// made: the allocator reuses them, where a whole batch built at once
+/// would take hundreds from it and give them back later.
+struct Pending {
+    shared: Arc<Shared>,
+    data: Bytes,
+    items: std::vec::IntoIter<Item>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    /// Prefetch slots of items not yet handed out: given back when dropped.
+    slots: usize,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("items", &self.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.shared.release_slots(self.slots);
+    }
+}
+
+impl Pending {
+    /// The next delivery, with its due time (for a delayed copy); messages
+    /// of partitions revoked since they were read are skipped (their new
+    /// owner reads them again).
+    fn next(&mut self) -> Option<(Delivery, Option<u64>)> {
+        let data = &self.data;
         let text = |r: &Range<usize>| String::from_utf8_lossy(&data[r.clone()]).into_owned();
-        let items = std::mem::take(&mut self.items);
-        let leases: Vec<Lease> = items
-            .iter()
-            .map(|item| {
-                let payload = match &item.payload {
-                    Payload::Shared(r) => data.slice(r.clone()),
-                    Payload::Own(b) => b.clone(),
-                };
-                let timestamp = time_from_millis(item.timestamp_ms);
-                // A message produced without mq's id header gets one here.
-                let mut message = match &item.id {
-                    Some(id) => Message::received(text(id), payload, timestamp),
-                    None => Message::new(payload).with_timestamp(timestamp),
-                };
-                message.key = item.key.as_ref().map(text);
-                message.headers.extend(
-                    self.headers[item.headers.clone()]
-                        .iter()
-                        .map(|(k, v)| (text(k), text(v))),
-                );
-                Lease {
-                    source: item.source,
-                    partition: item.partition,
-                    offset: item.offset,
-                    stamp: item.stamp,
-                    message: Arc::new(message),
-                    attempt: item.attempt,
-                }
-            })
-            .collect();
-        let generations = self.shared.tracker.add(&leases);
-        let mut out = Vec::with_capacity(leases.len());
-        for ((lease, item), generation) in leases.into_iter().zip(&items).zip(generations) {
-            let Some(generation) = generation else {
+        for item in self.items.by_ref() {
+            let payload = match &item.payload {
+                Payload::Shared(r) => data.slice(r.clone()),
+                Payload::Own(b) => b.clone(),
+            };
+            let timestamp = time_from_millis(item.timestamp_ms);
+            // A message produced without mq's id header gets one here.
+            let mut message = match &item.id {
+                Some(id) => Message::received(text(id), payload, timestamp),
+                None => Message::new(payload).with_timestamp(timestamp),
+            };
+            message.key = item.key.as_ref().map(text);
+            message.headers.extend(
+                self.headers[item.headers.clone()]
+                    .iter()
+                    .map(|(k, v)| (text(k), text(v))),
+            );
+            let lease = Lease {
+                source: item.source,
+                partition: item.partition,
+                offset: item.offset,
+                stamp: item.stamp,
+                message: Arc::new(message),
+                attempt: item.attempt,
+            };
+            // The slot goes with the delivery, or back.
+            self.slots -= 1;
+            let Some(generation) = self.shared.tracker.add(&lease) else {
+                self.shared.release_slots(1);
                 continue;
             };
-            // The slot goes with the delivery.
-            self.slots -= 1;
             let handle = KafkaAck {
                 shared: self.shared.clone(),
                 source: lease.source,
@@ -854,9 +885,9 @@ impl Batch {
                 self.shared.group.clone(),
                 Box::new(handle),
             );
-            out.push((delivery, item.due));
+            return Some((delivery, item.due));
         }
-        out
+        None
     }
 }
 
@@ -887,8 +918,8 @@ pub struct KafkaConsumer {
     rx: mpsc::Receiver<Handed>,
     /// Whether the poll thread has ended (nothing more arrives).
     ended: bool,
-    /// Deliveries handed over and not yet returned by `recv`.
-    ready: VecDeque<Delivery>,
+    /// The batch being handed out.
+    pending: Option<Pending>,
     /// Delayed copies handed over before they are due, soonest first.
     delayed: BinaryHeap<Delayed>,
     /// Hands-over counted, to order delayed copies due at the same time.
@@ -976,7 +1007,7 @@ impl KafkaConsumer {
             shared,
             rx,
             ended: false,
-            ready: VecDeque::new(),
+            pending: None,
             delayed: BinaryHeap::new(),
             seq: 0,
             done: Some(done),
@@ -1234,8 +1265,20 @@ impl Consumer for KafkaConsumer {
             if self.delayed.peek().is_some_and(|d| d.due <= now) {
                 return Ok(self.delayed.pop().map(|d| d.delivery));
             }
-            if let Some(d) = self.ready.pop_front() {
-                return Ok(Some(d));
+            if let Some(pending) = &mut self.pending {
+                match pending.next() {
+                    Some((delivery, Some(due))) if due > now_millis() => {
+                        self.seq += 1;
+                        self.delayed.push(Delayed {
+                            due,
+                            seq: self.seq,
+                            delivery,
+                        });
+                        continue;
+                    }
+                    Some((delivery, _)) => return Ok(Some(delivery)),
+                    None => self.pending = None,
+                }
             }
             let next_due = self.delayed.peek().map(|d| d.due.saturating_sub(now));
             if self.ended && next_due.is_none() {
@@ -1244,7 +1287,7 @@ impl Consumer for KafkaConsumer {
             // Cancel-safe: a batch is taken whole, or stays in the channel.
             tokio::select! {
                 handed = self.rx.recv(), if !self.ended => match handed {
-                    Some(Handed::Batch(batch)) => self.take(batch),
+                    Some(Handed::Batch(batch)) => self.pending = Some(batch.pending()),
                     Some(Handed::Failed(e)) => return Err(e),
                     None => self.ended = true,
                 },
@@ -1261,27 +1304,6 @@ impl Consumer for KafkaConsumer {
         self.closed = true;
         self.rx.close();
         shutdown(self.shared.clone(), self.done.take()).await
-    }
-}
-
-impl KafkaConsumer {
-    /// Makes the deliveries of `batch`: ready ones in order, delayed
-    /// copies held until they are due.
-    fn take(&mut self, batch: Batch) {
-        let mut now = None;
-        for (delivery, due) in batch.deliveries() {
-            match due {
-                Some(due) if due > *now.get_or_insert_with(now_millis) => {
-                    self.seq += 1;
-                    self.delayed.push(Delayed {
-                        due,
-                        seq: self.seq,
-                        delivery,
-                    });
-                }
-                _ => self.ready.push_back(delivery),
-            }
-        }
     }
 }
 
@@ -1428,6 +1450,10 @@ impl AckHandle for KafkaAck {
 mod tests {
     use super::*;
 
+    fn add(tracker: &Tracker, leases: &[Lease]) -> Vec<Option<u64>> {
+        leases.iter().map(|l| tracker.add(l)).collect()
+    }
+
     fn lease(tracker: &Tracker, partition: i32, offset: i64) -> Lease {
         Lease {
             source: Source::Topic,
@@ -1444,7 +1470,7 @@ mod tests {
         let tracker = Tracker::new("t", "t.g.retry");
         // Offsets 12 and 10 arrive after 11 and 13 (a reset): kept in order.
         let batch: Vec<_> = [11, 13, 12, 10].iter().map(|&o| lease(&tracker, 0, o)).collect();
-        let generations = tracker.add(&batch);
+        let generations = add(&tracker, &batch);
         let generation = generations[0].expect("held");
         assert!(generations.iter().all(|g| *g == Some(generation)));
         assert!(tracker.take_acked().is_empty());
@@ -1461,7 +1487,7 @@ mod tests {
         // Unknown offsets, partitions and generations are refused.
         assert!(tracker.ack(Source::Topic, 0, 99, generation).is_err());
         assert!(tracker.ack(Source::Retry, 0, 11, generation).is_err());
-        tracker.add(&[lease(&tracker, 0, 14)]);
+        add(&tracker, &[lease(&tracker, 0, 14)]);
         assert!(tracker.ack(Source::Topic, 0, 14, generation + 1).is_err());
         assert_eq!(tracker.unacked().len(), 1);
     }
@@ -1469,7 +1495,7 @@ mod tests {
     #[test]
     fn revoked_partitions_report_how_far_they_were_acked() {
         let tracker = Tracker::new("t", "t.g.retry");
-        let g = tracker.add(&[lease(&tracker, 3, 7), lease(&tracker, 3, 8)])[0].expect("held");
+        let g = add(&tracker, &[lease(&tracker, 3, 7), lease(&tracker, 3, 8)])[0].expect("held");
         tracker.ack(Source::Topic, 3, 7, g).unwrap();
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("t", 3);
@@ -1487,11 +1513,11 @@ mod tests {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("t", 3);
         tracker.revoke(&tpl);
-        let generations = tracker.add(&stale);
+        let generations = add(&tracker, &stale);
         assert_eq!(generations[0], None, "partition 3 was revoked after the read");
         assert!(generations[1].is_some(), "partition 4 was not revoked");
         // Read again once the partition is back: handed out.
-        let fresh = tracker.add(&[lease(&tracker, 3, 8)]);
+        let fresh = add(&tracker, &[lease(&tracker, 3, 8)]);
         assert!(fresh[0].is_some());
         assert_eq!(tracker.unacked().len(), 2);
     }
