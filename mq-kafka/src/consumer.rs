@@ -659,7 +659,8 @@ const OWN_BUFFER: usize = 16 * 1024;
 /// deliveries (and frees them again, on the same thread). Payloads are
 /// slices of the buffer.
 struct Batch {
-    shared: Arc<Shared>,
+    /// The prefetch slots of its items.
+    slots: Slots,
     /// Ids, keys, header names and values and payloads, back to back: the
     /// rest of the poll thread's arena while the batch is read, then only
     /// what it holds.
@@ -667,9 +668,19 @@ struct Batch {
     items: Vec<Item>,
     /// Application headers of every item: (name, value) in `data`.
     headers: Vec<(Range<usize>, Range<usize>)>,
-    /// Prefetch slots of items not yet turned into deliveries: given back
-    /// when the batch is dropped.
-    slots: usize,
+}
+
+/// Prefetch slots of messages read and not yet handed out as deliveries:
+/// given back when dropped.
+struct Slots {
+    shared: Arc<Shared>,
+    held: usize,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.shared.release_slots(self.held);
+    }
 }
 
 /// One message of a [`Batch`].
@@ -696,12 +707,6 @@ enum Payload {
     Own(Bytes),
 }
 
-impl Drop for Batch {
-    fn drop(&mut self) {
-        self.shared.release_slots(self.slots);
-    }
-}
-
 impl Batch {
     /// A batch written into what is left of `arena` (a new arena when
     /// little is), with room for about as many items as the last one had.
@@ -710,11 +715,13 @@ impl Batch {
             *arena = BytesMut::with_capacity(ARENA);
         }
         Batch {
-            shared: shared.clone(),
+            slots: Slots {
+                shared: shared.clone(),
+                held: 0,
+            },
             data: std::mem::take(arena),
             items: Vec::with_capacity(last_len.clamp(16, MAX_BATCH)),
             headers: Vec::new(),
-            slots: 0,
         }
     }
 
@@ -738,15 +745,17 @@ impl Batch {
     /// message of a topic this consumer did not subscribe to gives the slot
     /// back.
     fn read(&mut self, m: &BorrowedMessage<'_>) {
-        let Some(source) = self.shared.tracker.source(m.topic()) else {
+        let shared = &self.slots.shared;
+        let Some(source) = shared.tracker.source(m.topic()) else {
             tracing::warn!(
                 topic = m.topic(),
                 "a message of a topic this consumer did not subscribe to"
             );
-            self.shared.release_slots(1);
+            shared.release_slots(1);
             return;
         };
-        self.slots += 1;
+        let stamp = shared.tracker.stamp();
+        self.slots.held += 1;
         let first_header = self.headers.len();
         let (mut id, mut attempt, mut due) = (None, 1, None);
         if let Some(hs) = m.headers() {
@@ -775,7 +784,7 @@ impl Batch {
             source,
             partition: m.partition(),
             offset: m.offset(),
-            stamp: self.shared.tracker.stamp(),
+            stamp,
             timestamp_ms: m
                 .timestamp()
                 .to_millis()
@@ -791,14 +800,18 @@ impl Batch {
     }
 
     /// The batch, to be handed out one delivery at a time.
-    fn pending(mut self) -> Pending {
+    fn pending(self) -> Pending {
+        let Batch {
+            slots,
+            data,
+            items,
+            headers,
+        } = self;
         Pending {
-            shared: self.shared.clone(),
-            data: std::mem::take(&mut self.data).freeze(),
-            items: std::mem::take(&mut self.items).into_iter(),
-            headers: std::mem::take(&mut self.headers),
-            // The slots go along (this batch gives none back when dropped).
-            slots: std::mem::take(&mut self.slots),
+            slots,
+            data: data.freeze(),
+            items: items.into_iter(),
+            headers,
         }
     }
 }
@@ -810,12 +823,11 @@ impl Batch {
 /// made: the allocator reuses them, where a whole batch built at once
 /// would take hundreds from it and give them back later.
 struct Pending {
-    shared: Arc<Shared>,
+    /// The prefetch slots of the items not yet handed out.
+    slots: Slots,
     data: Bytes,
     items: std::vec::IntoIter<Item>,
     headers: Vec<(Range<usize>, Range<usize>)>,
-    /// Prefetch slots of items not yet handed out: given back when dropped.
-    slots: usize,
 }
 
 impl std::fmt::Debug for Pending {
@@ -823,12 +835,6 @@ impl std::fmt::Debug for Pending {
         f.debug_struct("Pending")
             .field("items", &self.items.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.shared.release_slots(self.slots);
     }
 }
 
@@ -865,13 +871,14 @@ impl Pending {
                 attempt: item.attempt,
             };
             // The slot goes with the delivery, or back.
-            self.slots -= 1;
-            let Some(generation) = self.shared.tracker.add(&lease) else {
-                self.shared.release_slots(1);
+            self.slots.held -= 1;
+            let shared = &self.slots.shared;
+            let Some(generation) = shared.tracker.add(&lease) else {
+                shared.release_slots(1);
                 continue;
             };
             let handle = KafkaAck {
-                shared: self.shared.clone(),
+                shared: shared.clone(),
                 source: lease.source,
                 partition: lease.partition,
                 offset: lease.offset,
@@ -881,8 +888,8 @@ impl Pending {
             let delivery = Delivery::shared(
                 lease.message,
                 lease.attempt,
-                self.shared.topic.clone(),
-                self.shared.group.clone(),
+                shared.topic.clone(),
+                shared.group.clone(),
                 Box::new(handle),
             );
             return Some((delivery, item.due));
