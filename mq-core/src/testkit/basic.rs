@@ -18,7 +18,7 @@ fn app_headers(headers: &Headers) -> Headers {
 /// Sends `message` to a fresh topic and checks the delivery equals it.
 async fn round_trip(broker: &Arc<dyn Broker>, what: &str, message: Message) {
     let topic = unique(what);
-    let mut consumer = subscribe(broker, Subscription::new(&topic, "g")).await;
+    let mut consumer = subscribe(broker, Subscription::new(&topic, group_for(&topic, "g"))).await;
     let producer = producer(broker).await;
     let receipt = send(producer.as_ref(), &topic, message.clone()).await;
     assert_eq!(&*receipt.topic, topic, "receipt names the topic");
@@ -44,7 +44,7 @@ async fn round_trip(broker: &Arc<dyn Broker>, what: &str, message: Message) {
     );
     assert_eq!(delivery.attempt(), 1, "first delivery is attempt 1");
     assert_eq!(delivery.topic(), topic);
-    assert_eq!(delivery.group(), "g");
+    assert_eq!(delivery.group(), group_for(&topic, "g"));
     ack(&delivery).await;
     expect_nothing(consumer.as_mut(), "one message was sent and acked").await;
 }
@@ -91,7 +91,7 @@ pub async fn json_round_trip_and_decode_error(broker: Arc<dyn Broker>) {
     }
     use crate::ProducerExt;
     let topic = unique("json");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g"))).await;
     let producer = producer(&broker).await;
     let order = Order {
         id: 9,
@@ -133,7 +133,7 @@ pub async fn oversized_message_is_rejected(broker: Arc<dyn Broker>) {
         );
     };
     let topic = unique("oversized");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g"))).await;
     let producer = producer(&broker).await;
     let err = producer
         .send(&topic, Message::new(vec![7u8; limit + 1]))
@@ -158,7 +158,11 @@ pub async fn oversized_message_is_rejected(broker: Arc<dyn Broker>) {
 pub async fn batch_send_keeps_order(broker: Arc<dyn Broker>) {
     const N: usize = 200;
     let topic = unique("batch");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g").prefetch(N)).await;
+    let mut consumer = subscribe(
+        &broker,
+        Subscription::new(&topic, group_for(&topic, "g")).prefetch(N),
+    )
+    .await;
     let producer = producer(&broker).await;
     let batch: Vec<Message> = (0..N)
         .map(|i| Message::new(format!("{i}")).with_key("one-key"))
@@ -188,7 +192,11 @@ pub async fn order_per_key_under_concurrent_sends(broker: Arc<dyn Broker>) {
     const KEYS: usize = 8;
     const PER_KEY: usize = 60;
     let topic = unique("order");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g").prefetch(KEYS * PER_KEY)).await;
+    let mut consumer = subscribe(
+        &broker,
+        Subscription::new(&topic, group_for(&topic, "g")).prefetch(KEYS * PER_KEY),
+    )
+    .await;
     let producer: Arc<dyn Producer> = Arc::from(super::producer(&broker).await);
     let mut tasks = Vec::new();
     for k in 0..KEYS {
@@ -218,8 +226,10 @@ pub async fn order_per_key_under_concurrent_sends(broker: Arc<dyn Broker>) {
 pub async fn topics_are_isolated(broker: Arc<dyn Broker>) {
     let a = unique("iso-a");
     let b = unique("iso-b");
-    let mut on_a = subscribe(&broker, Subscription::new(&a, "same-group")).await;
-    let mut on_b = subscribe(&broker, Subscription::new(&b, "same-group")).await;
+    // One group name on both topics: a group is scoped to its topic.
+    let same = group_for(&a, "same-group");
+    let mut on_a = subscribe(&broker, Subscription::new(&a, &same)).await;
+    let mut on_b = subscribe(&broker, Subscription::new(&b, &same)).await;
     let producer = producer(&broker).await;
     let sent = send(producer.as_ref(), &a, Message::new("for a")).await;
     let d = expect_delivery(on_a.as_mut(), "the message sent to topic a").await;
@@ -239,7 +249,7 @@ pub async fn new_group_from_earliest_sees_history(broker: Arc<dyn Broker>) {
     }
     let topic = unique("earliest");
     // An existing group makes the topic exist on every backend.
-    let _first = subscribe(&broker, Subscription::new(&topic, "first")).await;
+    let _first = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "first"))).await;
     let producer = producer(&broker).await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -253,7 +263,7 @@ pub async fn new_group_from_earliest_sees_history(broker: Arc<dyn Broker>) {
             .id,
         );
     }
-    let sub = Subscription::new(&topic, "late").start(StartPosition::Earliest);
+    let sub = Subscription::new(&topic, group_for(&topic, "late")).start(StartPosition::Earliest);
     let mut late = subscribe(&broker, sub).await;
     let got: Vec<String> = receive_n(late.as_mut(), 5, "history")
         .await
@@ -266,7 +276,7 @@ pub async fn new_group_from_earliest_sees_history(broker: Arc<dyn Broker>) {
 /// A group created at latest sees only what is sent after it subscribed.
 pub async fn new_group_from_latest_skips_history(broker: Arc<dyn Broker>) {
     let topic = unique("latest");
-    let _first = subscribe(&broker, Subscription::new(&topic, "first")).await;
+    let _first = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "first"))).await;
     let producer = producer(&broker).await;
     for i in 0..3 {
         send(
@@ -276,7 +286,7 @@ pub async fn new_group_from_latest_skips_history(broker: Arc<dyn Broker>) {
         )
         .await;
     }
-    let sub = Subscription::new(&topic, "late").start(StartPosition::Latest);
+    let sub = Subscription::new(&topic, group_for(&topic, "late")).start(StartPosition::Latest);
     let mut late = subscribe(&broker, sub).await;
     let mut new_ids = Vec::new();
     for i in 0..2 {

@@ -20,9 +20,9 @@ pub async fn every_group_receives_everything(broker: Arc<dyn Broker>) {
     }
     const N: usize = 30;
     let topic = unique("groups");
-    let mut g1 = subscribe(&broker, Subscription::new(&topic, "g1")).await;
-    let mut g2 = subscribe(&broker, Subscription::new(&topic, "g2")).await;
-    let mut g3 = subscribe(&broker, Subscription::new(&topic, "g3")).await;
+    let mut g1 = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g1"))).await;
+    let mut g2 = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g2"))).await;
+    let mut g3 = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g3"))).await;
     let producer = producer(&broker).await;
     let mut ids = HashSet::new();
     for i in 0..N {
@@ -58,7 +58,13 @@ pub async fn competing_consumers_share_without_duplicates_or_loss(broker: Arc<dy
     let topic = unique("compete");
     let mut consumers = Vec::new();
     for _ in 0..CONSUMERS {
-        consumers.push(subscribe(&broker, Subscription::new(&topic, "workers").prefetch(5)).await);
+        consumers.push(
+            subscribe(
+                &broker,
+                Subscription::new(&topic, group_for(&topic, "workers")).prefetch(5),
+            )
+            .await,
+        );
     }
     let producer = producer(&broker).await;
     let mut sent = HashSet::new();
@@ -108,7 +114,11 @@ pub async fn concurrent_publishers_lose_nothing(broker: Arc<dyn Broker>) {
     const PUBLISHERS: usize = 20;
     const EACH: usize = 500;
     let topic = unique("publishers");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g").prefetch(500)).await;
+    let mut consumer = subscribe(
+        &broker,
+        Subscription::new(&topic, group_for(&topic, "g")).prefetch(500),
+    )
+    .await;
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
         let producer = producer(&broker).await;
@@ -154,7 +164,7 @@ pub async fn concurrent_subscribers_lose_nothing(broker: Arc<dyn Broker>) {
     // Keeps the group alive (and, for start=latest, existing) from the start.
     let anchor = subscribe(
         &broker,
-        Subscription::new(&topic, "churn").ack_timeout(Duration::from_secs(2)),
+        Subscription::new(&topic, group_for(&topic, "churn")).ack_timeout(Duration::from_secs(2)),
     )
     .await;
     let producer = producer(&broker).await;
@@ -171,7 +181,7 @@ pub async fn concurrent_subscribers_lose_nothing(broker: Arc<dyn Broker>) {
             let mut round = 0usize;
             while !stop.load(Ordering::Acquire) {
                 round += 1;
-                let sub = Subscription::new(&topic, "churn")
+                let sub = Subscription::new(&topic, group_for(&topic, "churn"))
                     .prefetch(8)
                     .ack_timeout(Duration::from_secs(2))
                     .unlimited_attempts();
@@ -213,7 +223,7 @@ pub async fn concurrent_subscribers_lose_nothing(broker: Arc<dyn Broker>) {
     drop(anchor);
 
     // Whatever the churners left behind, a last consumer picks up.
-    let sub = Subscription::new(&topic, "churn")
+    let sub = Subscription::new(&topic, group_for(&topic, "churn"))
         .prefetch(64)
         .ack_timeout(Duration::from_secs(2))
         .unlimited_attempts();

@@ -12,7 +12,7 @@ use crate::{ConsumerExt, Error};
 /// was: unsettled messages come back, acked ones do not, new ones arrive.
 pub async fn close_then_resubscribe_continues_without_loss(broker: Arc<dyn Broker>) {
     let topic = unique("resub");
-    let sub = || Subscription::new(&topic, "g").prefetch(20);
+    let sub = || Subscription::new(&topic, group_for(&topic, "g")).prefetch(20);
     let mut consumer = subscribe(&broker, sub()).await;
     let producer = producer(&broker).await;
     let mut sent = Vec::new();
@@ -65,7 +65,7 @@ pub async fn close_then_resubscribe_continues_without_loss(broker: Arc<dyn Broke
 /// A consumer is a `futures::Stream` of deliveries.
 pub async fn consumer_is_a_stream(broker: Arc<dyn Broker>) {
     let topic = unique("stream");
-    let consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let consumer = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g"))).await;
     let producer = producer(&broker).await;
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -96,7 +96,7 @@ pub async fn consumer_is_a_stream(broker: Arc<dyn Broker>) {
 /// `recv` after `close` returns `None`; closing twice is fine.
 pub async fn recv_after_close_returns_none(broker: Arc<dyn Broker>) {
     let topic = unique("closed");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g"))).await;
     let producer = producer(&broker).await;
     send(producer.as_ref(), &topic, Message::new("after close")).await;
     consumer.close().await.expect("close");
@@ -114,7 +114,7 @@ pub async fn recv_after_close_returns_none(broker: Arc<dyn Broker>) {
 /// subscription can be made, and open consumers end.
 pub async fn send_after_broker_close_is_error(broker: Arc<dyn Broker>) {
     let topic = unique("brokerclose");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g")).await;
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g"))).await;
     let producer = producer(&broker).await;
     send(producer.as_ref(), &topic, Message::new("before close")).await;
     broker.close().await.expect("close");
@@ -138,7 +138,10 @@ pub async fn send_after_broker_close_is_error(broker: Arc<dyn Broker>) {
         "no producer after close"
     );
     assert!(
-        broker.subscribe(Subscription::new(&topic, "g2")).await.is_err(),
+        broker
+            .subscribe(Subscription::new(&topic, group_for(&topic, "g2")))
+            .await
+            .is_err(),
         "no subscription after close"
     );
     // The open consumer ends (it may first hand out what it already had).

@@ -210,6 +210,14 @@ pub fn unique(what: &str) -> String {
     format!("mqkit-{what}-{}", &id[..12])
 }
 
+/// A group name of its own for the check that uses `topic` (a name from
+/// [`unique`]): checks on one shared broker never join each other's groups,
+/// and one check's subscriptions to `topic` share the group.
+pub fn group_for(topic: &str, name: &str) -> String {
+    let suffix = topic.rsplit('-').next().unwrap_or(topic);
+    format!("{name}-{suffix}")
+}
+
 /// Prints why a check does not apply to this broker.
 fn skip(broker: &dyn Broker, check: &str, why: &str) {
     eprintln!("skipped: {check} on {}: {why}", broker.name());

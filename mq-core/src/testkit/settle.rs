@@ -14,7 +14,7 @@ async fn one_message(
     sub: impl FnOnce(Subscription) -> Subscription,
 ) -> (Box<dyn Consumer>, String, String) {
     let topic = unique(what);
-    let consumer = subscribe(broker, sub(Subscription::new(&topic, "g"))).await;
+    let consumer = subscribe(broker, sub(Subscription::new(&topic, group_for(&topic, "g")))).await;
     let producer = producer(broker).await;
     let id = send(
         producer.as_ref(),
@@ -77,7 +77,7 @@ pub async fn unacked_redelivered_after_consumer_drop(broker: Arc<dyn Broker>) {
     assert_eq!(d.attempt(), 1);
     drop(d);
     drop(first);
-    let mut second = subscribe(&broker, short(Subscription::new(&topic, "g"))).await;
+    let mut second = subscribe(&broker, short(Subscription::new(&topic, group_for(&topic, "g")))).await;
     let again = expect_delivery(second.as_mut(), "the redelivery after the consumer was dropped").await;
     assert_eq!(again.message().id, id);
     assert!(
@@ -101,7 +101,11 @@ pub async fn unacked_redelivered_after_ack_timeout(broker: Arc<dyn Broker>) {
     }
     let timeout = Duration::from_millis(800);
     let (mut consumer, topic, id) = one_message(&broker, "timeout", |s| s.ack_timeout(timeout)).await;
-    let mut other = subscribe(&broker, Subscription::new(&topic, "g").ack_timeout(timeout)).await;
+    let mut other = subscribe(
+        &broker,
+        Subscription::new(&topic, group_for(&topic, "g")).ack_timeout(timeout),
+    )
+    .await;
     let held = expect_delivery(consumer.as_mut(), "the first delivery").await;
     let taken_at = Instant::now();
     // Either consumer may get it back; watch both.
@@ -167,8 +171,8 @@ pub async fn dead_letter_after_max_attempts(broker: Arc<dyn Broker>) {
     }
     let topic = unique("maxatt");
     let dlq = format!("{topic}.custom-dead");
-    let mut dead = subscribe(&broker, Subscription::new(&dlq, "inspect")).await;
-    let sub = Subscription::new(&topic, "workers")
+    let mut dead = subscribe(&broker, Subscription::new(&dlq, group_for(&dlq, "inspect"))).await;
+    let sub = Subscription::new(&topic, group_for(&topic, "workers"))
         .max_attempts(3)
         .dead_letter_to(&dlq);
     let mut consumer = subscribe(&broker, sub).await;
@@ -182,7 +186,7 @@ pub async fn dead_letter_after_max_attempts(broker: Arc<dyn Broker>) {
         d.nack(Nack::requeue()).await.expect("nack");
     }
     let d = expect_delivery(dead.as_mut(), "the dead letter").await;
-    assert_dead_letter(&d, &id, &topic, "workers", 3, "max attempts");
+    assert_dead_letter(&d, &id, &topic, &group_for(&topic, "workers"), 3, "max attempts");
     assert_eq!(d.message().payload, "poison");
     ack(&d).await;
     expect_nothing(consumer.as_mut(), "a dead-lettered message is not redelivered").await;
@@ -198,8 +202,12 @@ pub async fn explicit_dead_letter_has_reason_headers(broker: Arc<dyn Broker>) {
         );
     }
     let topic = unique("dlq");
-    let mut dead = subscribe(&broker, Subscription::new(format!("{topic}.dlq"), "inspect")).await;
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "workers")).await;
+    let mut dead = subscribe(
+        &broker,
+        Subscription::new(format!("{topic}.dlq"), group_for(&topic, "inspect")),
+    )
+    .await;
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "workers"))).await;
     let producer = producer(&broker).await;
     let msg = Message::new("bad order").with_header("app", "kept");
     let id = send(producer.as_ref(), &topic, msg).await.id;
@@ -208,7 +216,14 @@ pub async fn explicit_dead_letter_has_reason_headers(broker: Arc<dyn Broker>) {
         .await
         .expect("dead-letter");
     let dl = expect_delivery(dead.as_mut(), "the dead letter").await;
-    assert_dead_letter(&dl, &id, &topic, "workers", 1, "payload failed validation");
+    assert_dead_letter(
+        &dl,
+        &id,
+        &topic,
+        &group_for(&topic, "workers"),
+        1,
+        "payload failed validation",
+    );
     assert_eq!(
         dl.message().header("app"),
         Some("kept"),
@@ -223,7 +238,11 @@ pub async fn explicit_dead_letter_has_reason_headers(broker: Arc<dyn Broker>) {
 pub async fn prefetch_bounds_unacked_in_flight(broker: Arc<dyn Broker>) {
     const PREFETCH: usize = 5;
     let topic = unique("prefetch");
-    let mut consumer = subscribe(&broker, Subscription::new(&topic, "g").prefetch(PREFETCH)).await;
+    let mut consumer = subscribe(
+        &broker,
+        Subscription::new(&topic, group_for(&topic, "g")).prefetch(PREFETCH),
+    )
+    .await;
     let producer = producer(&broker).await;
     for i in 0..(PREFETCH * 3) {
         send(
