@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use lapin::Acker;
 use lapin::Channel;
 use lapin::Confirmation;
@@ -162,14 +163,39 @@ impl Ctx {
 /// After a lost connection it consumes again on the next one; deliveries
 /// from the lost channel can no longer be settled (RabbitMQ delivers them
 /// again).
-#[derive(Debug)]
+///
+/// # Cancel safety
+///
+/// `recv` is cancel safe: a delivery is taken from lapin's stream only when
+/// it is returned, and consuming again after a lost connection is one
+/// future kept by the consumer, so a `recv` dropped during it (a timeout, a
+/// `select!`) leaves it to the next `recv` to finish.
 pub struct RabbitConsumer {
     ctx: Arc<Ctx>,
     channel: Channel,
     stream: lapin::Consumer,
     tag: String,
+    /// Whether the channel was lost (until consuming again succeeds).
+    channel_lost: bool,
+    /// Consuming again on a new channel, once the old one was lost.
+    reattaching: Option<BoxFuture<'static, Result<Attached>>>,
     closed: bool,
 }
+
+impl std::fmt::Debug for RabbitConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitConsumer")
+            .field("queue", &self.ctx.queue)
+            .field("tag", &self.tag)
+            .field("reattaching", &self.reattaching.is_some())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A channel consuming the group's queue: the channel, lapin's stream of
+/// deliveries, and the consumer tag.
+type Attached = (Channel, lapin::Consumer, String);
 
 impl RabbitConsumer {
     pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription) -> Result<Self> {
@@ -187,16 +213,28 @@ impl RabbitConsumer {
             channel,
             stream,
             tag,
+            channel_lost: false,
+            reattaching: None,
             closed: false,
         })
     }
 
+    /// Consumes again on a new channel. The work is a future kept in
+    /// `self`: when this call is dropped half-way, the next one goes on
+    /// with it (a new attach started from scratch could leave a consuming
+    /// channel behind, holding deliveries nobody reads).
     async fn reattach(&mut self) -> Result<()> {
-        let ctx = self.ctx.clone();
-        let (channel, stream, tag) = ctx.inner.retrying(|| attach(&ctx)).await?;
+        let fut = self.reattaching.get_or_insert_with(|| {
+            let ctx = self.ctx.clone();
+            Box::pin(async move { ctx.inner.retrying(|| attach(&ctx)).await })
+        });
+        let result = fut.await;
+        self.reattaching = None;
+        let (channel, stream, tag) = result?;
         self.channel = channel;
         self.stream = stream;
         self.tag = tag;
+        self.channel_lost = false;
         Ok(())
     }
 }
@@ -249,6 +287,12 @@ impl Consumer for RabbitConsumer {
             if self.closed || self.ctx.inner.is_closed() {
                 return Ok(None);
             }
+            // A lost channel is replaced first, also when a dropped `recv`
+            // left that half-done.
+            if self.channel_lost {
+                self.reattach().await?;
+                continue;
+            }
             match self.stream.next().await {
                 Some(Ok(d)) => {
                     let (message, attempt) = codec::decode(&d.properties, d.data, d.redelivered);
@@ -277,7 +321,7 @@ impl Consumer for RabbitConsumer {
                         return Ok(None);
                     }
                     tracing::warn!(queue = %self.ctx.queue, "consumer channel lost; consuming again");
-                    self.reattach().await?;
+                    self.channel_lost = true;
                 }
             }
         }

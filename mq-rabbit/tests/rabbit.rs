@@ -278,6 +278,84 @@ async fn killed_connections_lose_no_confirmed_message() {
     assert!(confirmed.is_subset(&got), "every confirmed message was consumed");
 }
 
+/// Issue 13, defect 1: a `recv` dropped while the consumer was consuming
+/// again after a lost connection left it stalled for good (no error, no
+/// `None`, zero consumers on the queue). Here every `recv` runs under a
+/// timeout of 1 to 4 ms, so nearly every reattach is cancelled part-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_cancelled_during_a_reconnect_keeps_consuming() {
+    const PER_ROUND: usize = 50;
+    let connection_name = format!("mq-cancel-{}", &mq_core::new_id()[24..]);
+    let broker = common::rabbit_broker(&format!("connection_name={connection_name}")).await;
+    let topic = topic("cancel");
+    let mut consumer = broker
+        .subscribe(Subscription::new(&topic, topic.clone()).prefetch(20))
+        .await
+        .unwrap();
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let mut got = HashSet::new();
+    let mut polls = 0u64;
+    let mut poll = async |consumer: &mut Box<dyn mq_core::Consumer>, got: &mut HashSet<String>| {
+        polls += 1;
+        let cut = Duration::from_millis(1 + polls % 4);
+        match tokio::time::timeout(cut, consumer.recv()).await {
+            Ok(Ok(Some(d))) => {
+                got.insert(d.message().id.clone());
+                let _ = d.ack().await; // an ack on a lost channel fails; it comes again
+            }
+            Ok(Ok(None)) => panic!("the consumer ended"),
+            Ok(Err(e)) => eprintln!("recv failed: {e}"),
+            Err(_) => {}
+        }
+        polls
+    };
+    for round in 0..3 {
+        if round > 0 {
+            // The consumer is the first to see the connection go (the
+            // producer is idle), so its reattach has to connect anew, while
+            // its `recv`s keep being cut short.
+            let name = connection_name.clone();
+            let killer = tokio::task::spawn_blocking(move || close_connections_named(&name));
+            while !killer.is_finished() {
+                poll(&mut consumer, &mut got).await;
+            }
+            assert!(
+                killer.await.unwrap() >= 1,
+                "the test's connection was found and closed"
+            );
+            for _ in 0..200 {
+                poll(&mut consumer, &mut got).await;
+            }
+        }
+        let batch: Vec<Message> = (0..PER_ROUND)
+            .map(|i| Message::new(format!("{round}-{i}")))
+            .collect();
+        producer.send_batch(&topic, batch).await.unwrap();
+        let want = PER_ROUND * (round + 1);
+        let deadline = Instant::now() + BOUND;
+        while got.len() < want {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {} of {want} consumed after {polls} cancelled-or-not polls; \
+                 the consumer stalled after the connection was lost",
+                got.len()
+            );
+            poll(&mut consumer, &mut got).await;
+        }
+    }
+    let polls = poll(&mut consumer, &mut got).await;
+    eprintln!(
+        "{} consumed over {} connections in {polls} polls",
+        got.len(),
+        broker.connection_generation()
+    );
+    assert!(
+        broker.connection_generation() >= 3,
+        "the connection was lost twice"
+    );
+    consumer.close().await.unwrap();
+}
+
 /// Closes, from the server side (`rabbitmqctl close_connection`), every
 /// connection whose client-given name is `name`; returns how many.
 fn close_connections_named(name: &str) -> usize {
