@@ -46,6 +46,7 @@
 //! |---|---|
 //! | `testkit` | the `testkit` module: the conformance checks every backend runs |
 
+pub mod backend;
 pub mod balance;
 mod broker;
 mod capabilities;

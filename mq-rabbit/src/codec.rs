@@ -7,6 +7,7 @@
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use mq_core::backend::{add_attempts, parse_attempt};
 use mq_core::{Message, headers, time_from_millis};
 
 const KEY: &str = "mq-key";
@@ -94,7 +95,7 @@ pub(crate) fn decode(props: &BasicProperties, body: Vec<u8>, redelivered: bool) 
                         message.timestamp = time_from_millis(ms);
                     }
                 }
-                n if n == headers::ATTEMPT => attempt = text(value).parse().unwrap_or(1),
+                n if n == headers::ATTEMPT => attempt = parse_attempt(text(value).as_bytes()),
                 DELIVERY_COUNT => delivery_count = number(value),
                 other => {
                     message.headers.insert(other.to_string(), text(value));
@@ -104,11 +105,11 @@ pub(crate) fn decode(props: &BasicProperties, body: Vec<u8>, redelivered: bool) 
     }
     // Quorum queues count returned deliveries; classic ones only flag them.
     let attempt = match delivery_count {
-        Some(n) => attempt + u32::try_from(n).unwrap_or(u32::MAX),
-        None if redelivered => attempt + 1,
+        Some(n) => add_attempts(attempt, n),
+        None if redelivered => add_attempts(attempt, 1),
         None => attempt,
     };
-    (message, attempt.max(1))
+    (message, attempt)
 }
 
 #[cfg(test)]
@@ -135,5 +136,26 @@ mod tests {
         table.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(2));
         let props = BasicProperties::default().with_headers(table);
         assert_eq!(decode(&props, vec![], true).1, 3);
+    }
+
+    #[test]
+    fn foreign_attempt_counts_never_overflow() {
+        for (attempt, count, want) in [
+            (AMQPValue::LongString("4294967295".into()), 5, u32::MAX),
+            (AMQPValue::LongString("-3".into()), 0, 1),
+            (AMQPValue::LongString("lots".into()), 1, 2),
+            (AMQPValue::LongLongInt(-1), 0, 1),
+            (
+                AMQPValue::LongString("99999999999999999999999".into()),
+                0,
+                u32::MAX,
+            ),
+        ] {
+            let mut table = FieldTable::default();
+            table.insert(headers::ATTEMPT.into(), attempt.clone());
+            table.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(count));
+            let props = BasicProperties::default().with_headers(table);
+            assert_eq!(decode(&props, vec![], true).1, want, "{attempt:?} + {count}");
+        }
     }
 }

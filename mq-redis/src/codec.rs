@@ -109,7 +109,7 @@ fn decode(entry_id: String, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Entry {
                     message.timestamp = time_from_millis(ms);
                 }
             }
-            ATTEMPT => attempt = as_text().parse().unwrap_or(1),
+            ATTEMPT => attempt = mq_core::backend::parse_attempt(&value),
             PAYLOAD => message.payload = value.into(),
             f if f.starts_with(HEADER) => {
                 let name = String::from_utf8_lossy(&f[HEADER.len()..]).into_owned();

@@ -15,6 +15,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use mq_core::backend::add_attempts;
+
 use crate::broker::Inner;
 use crate::codec::{self, Entry};
 use crate::scripts;
@@ -171,6 +173,39 @@ pub struct RedisConsumer {
     rx: mpsc::Receiver<Result<Delivery>>,
     tasks: Vec<JoinHandle<()>>,
     closed: bool,
+    /// Why the reader stopped, once it stopped without being asked to.
+    failed: Option<Failure>,
+}
+
+/// Why a consumer's reader stopped.
+#[derive(Debug)]
+struct Failure(String);
+
+impl Failure {
+    fn clone_error(&self) -> Error {
+        Error::backend("redis", "consume", self.0.clone())
+    }
+}
+
+/// What became of the reader task (the first of `tasks`), which has ended.
+async fn reader_failure(tasks: &mut Vec<JoinHandle<()>>) -> String {
+    if tasks.is_empty() {
+        return "the consumer's reader stopped".into();
+    }
+    let reader = tasks.remove(0);
+    match reader.await {
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            format!("the consumer's reader failed ({what}); subscribe again")
+        }
+        Err(_) => "the consumer's reader was cancelled; subscribe again".into(),
+        Ok(()) => "the consumer's reader stopped; subscribe again".into(),
+    }
 }
 
 impl RedisConsumer {
@@ -203,6 +238,7 @@ impl RedisConsumer {
             rx,
             tasks,
             closed: false,
+            failed: None,
         }
     }
 
@@ -218,9 +254,19 @@ impl Consumer for RedisConsumer {
         if self.closed {
             return Ok(None);
         }
+        if let Some(failure) = &self.failed {
+            return Err(failure.clone_error());
+        }
         match self.rx.recv().await {
             Some(result) => result.map(Some),
-            None => Ok(None),
+            // The reader ended without being asked to (a panic, say): an
+            // error, not a clean end, so nothing looks delivered that was not.
+            None => {
+                let failure = Failure(reader_failure(&mut self.tasks).await);
+                let error = failure.clone_error();
+                self.failed = Some(failure);
+                Err(error)
+            }
         }
     }
 
@@ -320,7 +366,7 @@ async fn hand_back(shared: &Shared, source: Source) -> Result<()> {
                 .await?;
             match codec::items(&found).first().and_then(codec::entry) {
                 Some(entry) => {
-                    let attempt = entry.attempt + deliveries.saturating_sub(1);
+                    let attempt = add_attempts(entry.attempt, u64::from(deliveries.saturating_sub(1)));
                     shared
                         .requeue(source, &entry_id, &entry.message, attempt, Duration::ZERO)
                         .await?;
@@ -595,11 +641,13 @@ async fn housekeeping(
             .await?;
         for (entry, count) in entries.into_iter().zip(counts) {
             let deliveries = codec::pending_reply(&count).first().map_or(2, |(_, n)| *n);
-            let attempt = entry.attempt + deliveries.saturating_sub(1);
+            let attempt = add_attempts(entry.attempt, u64::from(deliveries.saturating_sub(1)));
             tracing::debug!(topic = %shared.topic, group = %shared.group, id = %entry.message.id, attempt, "reclaimed an idle entry");
-            if let Some(reason) = shared.sub.exhausted_reason(attempt - 1) {
+            // The attempts made so far: the reclaim itself is the next one.
+            let made = attempt.saturating_sub(1);
+            if let Some(reason) = shared.sub.exhausted_reason(made) {
                 shared
-                    .dead_letter(source, &entry.id, &entry.message, attempt - 1, &reason)
+                    .dead_letter(source, &entry.id, &entry.message, made, &reason)
                     .await?;
                 continue;
             }
@@ -689,5 +737,22 @@ impl AckHandle for RedisAck {
             self.release();
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reader_that_panicked_is_an_error_naming_the_panic() {
+        let reader = tokio::spawn(async { panic!("attempt to add with overflow") });
+        let idle = tokio::spawn(async {});
+        let mut tasks = vec![reader, idle];
+        let why = reader_failure(&mut tasks).await;
+        assert!(why.contains("attempt to add with overflow"), "{why}");
+        assert_eq!(tasks.len(), 1, "the reader is taken, the ack task kept");
+        let why = reader_failure(&mut tasks).await;
+        assert!(why.contains("stopped"), "{why}");
     }
 }

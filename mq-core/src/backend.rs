@@ -1,0 +1,223 @@
+//! Helpers for backend authors: reading what arrives off the wire without
+//! trusting it, and checking names against a broker's limits before the
+//! network.
+//!
+//! Applications do not need this module.
+
+use crate::{Error, Message, Result, Subscription};
+
+/// The attempt count a message carries in a header or field, read without
+/// trusting it: missing, empty, negative, non-numeric or zero values are
+/// attempt 1; values past `u32::MAX` are `u32::MAX` (so a message that
+/// claims a huge count is dead-lettered as soon as it fails, never
+/// wrapped around to a first attempt).
+///
+/// ```
+/// use mq_core::backend::parse_attempt;
+/// assert_eq!(parse_attempt(b"3"), 3);
+/// assert_eq!(parse_attempt(b"99999999999999999999"), u32::MAX);
+/// assert_eq!(parse_attempt(b"-2"), 1);
+/// assert_eq!(parse_attempt(b"\xff"), 1);
+/// ```
+pub fn parse_attempt(value: &[u8]) -> u32 {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return 1;
+    };
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return 1;
+    }
+    // All digits: too long for u64 still means "very large".
+    let n = text.parse::<u64>().unwrap_or(u64::MAX);
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+}
+
+/// The attempt of a redelivery: `stored` (from the message) plus the
+/// broker's count of earlier deliveries, saturating.
+pub fn add_attempts(stored: u32, earlier_deliveries: u64) -> u32 {
+    let extra = u32::try_from(earlier_deliveries).unwrap_or(u32::MAX);
+    stored.saturating_add(extra).max(1)
+}
+
+/// The longest names a broker accepts, in bytes (`usize::MAX`: no limit).
+///
+/// A backend checks them before the network with
+/// [`check_subscription`](NameLimits::check_subscription) and
+/// [`check_send`](NameLimits::check_send), so a name over the limit is an
+/// [`Error::InvalidOption`] naming the field and the limit, never a panic
+/// in a client library or a refusal after a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NameLimits {
+    /// A topic name.
+    pub topic: usize,
+    /// A topic and group together (the backend's names built from both,
+    /// less the topic's and the group's own lengths).
+    pub subscription: usize,
+    /// A message id.
+    pub id: usize,
+    /// A header name.
+    pub header_name: usize,
+}
+
+impl NameLimits {
+    /// No limits.
+    pub const NONE: NameLimits = NameLimits {
+        topic: usize::MAX,
+        subscription: usize::MAX,
+        id: usize::MAX,
+        header_name: usize::MAX,
+    };
+
+    /// Limits on topic names, topic and group together, ids and header names.
+    pub const fn new(topic: usize, subscription: usize, id: usize, header_name: usize) -> Self {
+        NameLimits {
+            topic,
+            subscription,
+            id,
+            header_name,
+        }
+    }
+
+    /// Checks a topic name: not empty, within the limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] naming `topic` and the limit.
+    pub fn check_topic(&self, backend: &'static str, topic: &str) -> Result<()> {
+        if topic.is_empty() {
+            return Err(invalid(backend, "topic", "the topic name is empty".into()));
+        }
+        within(backend, "topic", topic, self.topic)
+    }
+
+    /// Checks a subscription's topic and group (the topic and group alone
+    /// and together, for the names the backend builds from them).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] naming `topic` or `group` and the limit.
+    pub fn check_subscription(&self, backend: &'static str, sub: &Subscription) -> Result<()> {
+        sub.validate(backend)?;
+        self.check_topic(backend, &sub.topic)?;
+        let together = sub.topic.len().saturating_add(sub.group.len());
+        if together > self.subscription {
+            return Err(invalid(
+                backend,
+                "group",
+                format!(
+                    "topic `{}` and group `{}` are {together} bytes together; {backend} allows at most {}",
+                    shorten(&sub.topic),
+                    shorten(&sub.group),
+                    self.subscription
+                ),
+            ));
+        }
+        within(backend, "dead_letter", &sub.dead_letter_topic(), self.topic)
+    }
+
+    /// Checks the topic, and every message's id and header names.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] naming the field and the limit.
+    pub fn check_send(&self, backend: &'static str, topic: &str, messages: &[Message]) -> Result<()> {
+        self.check_topic(backend, topic)?;
+        for m in messages {
+            within(backend, "id", &m.id, self.id)?;
+            for name in m.headers.keys() {
+                within(backend, "header name", name, self.header_name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(backend: &'static str, option: &str, reason: String) -> Error {
+    Error::InvalidOption {
+        backend,
+        option: option.into(),
+        reason,
+    }
+}
+
+fn within(backend: &'static str, what: &str, name: &str, limit: usize) -> Result<()> {
+    if name.len() <= limit {
+        return Ok(());
+    }
+    Err(invalid(
+        backend,
+        what,
+        format!(
+            "`{}` is {} bytes; {backend} allows at most {limit}",
+            shorten(name),
+            name.len()
+        ),
+    ))
+}
+
+/// The first 40 characters of a long name, for an error message.
+fn shorten(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((at, _)) => format!("{}...", &name[..at]),
+        None => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_from_the_wire_never_overflow() {
+        assert_eq!(parse_attempt(b""), 1);
+        assert_eq!(parse_attempt(b"0"), 1);
+        assert_eq!(parse_attempt(b" 7 "), 7);
+        assert_eq!(parse_attempt(b"4294967295"), u32::MAX);
+        assert_eq!(parse_attempt(b"4294967296"), u32::MAX);
+        assert_eq!(parse_attempt(b"1e3"), 1);
+        assert_eq!(add_attempts(u32::MAX, 5), u32::MAX);
+        assert_eq!(add_attempts(3, u64::MAX), u32::MAX);
+        assert_eq!(add_attempts(2, 1), 3);
+    }
+
+    #[test]
+    fn names_over_the_limit_name_the_field_and_the_limit() {
+        let limits = NameLimits::new(10, 12, 5, 3);
+        let err = limits.check_topic("b", &"t".repeat(11)).unwrap_err().to_string();
+        assert!(
+            err.contains("`topic`") && err.contains("11 bytes") && err.contains("at most 10"),
+            "{err}"
+        );
+        assert!(limits.check_topic("b", "").is_err());
+        assert!(limits.check_topic("b", &"t".repeat(10)).is_ok());
+
+        let err = limits
+            .check_subscription("b", &Subscription::new("topic", "group-xx"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`group`") && err.contains("13 bytes together"),
+            "{err}"
+        );
+        assert!(
+            limits
+                .check_subscription("b", &Subscription::new("tt", "g"))
+                .is_ok()
+        );
+
+        let long_id = Message::new("x").with_id("123456");
+        let err = limits.check_send("b", "t", &[long_id]).unwrap_err().to_string();
+        assert!(err.contains("`id`") && err.contains("at most 5"), "{err}");
+        let header = Message::new("x").with_id("1").with_header("abcd", "v");
+        let err = limits.check_send("b", "t", &[header]).unwrap_err().to_string();
+        assert!(err.contains("header name") && err.contains("at most 3"), "{err}");
+
+        let long = "ü".repeat(100);
+        let err = NameLimits::new(10, 10, 10, 10)
+            .check_topic("b", &long)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("200 bytes") && err.len() < 200, "{err}");
+    }
+}
