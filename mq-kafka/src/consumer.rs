@@ -763,8 +763,12 @@ impl Batch {
                 let value = h.value.unwrap_or_default();
                 match h.key {
                     ID => id = Some(self.push_bytes(value)),
-                    k if k == headers::ATTEMPT => attempt = parse(value).unwrap_or(1),
-                    DUE => due = parse(value),
+                    k if k == headers::ATTEMPT => attempt = mq_core::backend::parse_attempt(value),
+                    // Only mq's own delayed copies wait: on the subscribed
+                    // topic the header is a stranger's, kept as it came
+                    // (honoured there, far-future values held prefetch
+                    // slots until the consumer stalled).
+                    DUE if source == Source::Retry => due = parse(value),
                     k => {
                         let name = self.push_bytes(k.as_bytes());
                         let value = self.push_bytes(value);
