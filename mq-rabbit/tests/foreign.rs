@@ -53,15 +53,15 @@ fn properties(i: usize, case: &ForeignCase) -> BasicProperties {
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok());
                 let amqp = match number {
-                    Some(n) if i % 2 == 0 => AMQPValue::LongLongInt(n),
-                    Some(n) if i % 3 == 0 => AMQPValue::Double(n as f64),
+                    Some(n) if i.is_multiple_of(2) => AMQPValue::LongLongInt(n),
+                    Some(n) if i.is_multiple_of(3) => AMQPValue::Double(n as f64),
                     _ => AMQPValue::LongString(LongString::from(value.to_vec())),
                 };
                 table.insert(short(name), amqp);
             }
         }
     }
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         table.insert("nested".into(), AMQPValue::FieldTable(FieldTable::default()));
         table.insert("flag".into(), AMQPValue::Boolean(true));
         table.insert("void".into(), AMQPValue::Void);
