@@ -63,7 +63,25 @@ impl std::fmt::Debug for MqConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqConfig")
             .field("url", &crate::url::redact(&self.url))
-            .field("options", &self.options)
+            .field("options", &Redacted(&self.options))
+            .finish()
+    }
+}
+
+/// Options with the values of credentials shown as `***`.
+struct Redacted<'a>(&'a BTreeMap<String, OptionValue>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown: &dyn std::fmt::Debug = if crate::url::is_secret_option(k) {
+                    &"***"
+                } else {
+                    v
+                };
+                (k, shown)
+            }))
             .finish()
     }
 }
@@ -105,8 +123,16 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let config = MqConfig::new("amqp://app:hunter2@h");
+        let mut config = MqConfig::new("amqp://app:hunter2@h");
+        config.options.insert(
+            "rdkafka.sasl.password".into(),
+            OptionValue::String("hunter3".into()),
+        );
         let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter3") && shown.contains("sasl.password"),
+            "{shown}"
+        );
         assert!(!shown.contains("hunter2") && shown.contains("app:***"), "{shown}");
     }
 

@@ -263,7 +263,11 @@ impl BrokerUrl {
                 v.parse::<T>().map_err(|e| Error::InvalidOption {
                     backend,
                     option: name.to_string(),
-                    reason: format!("`{v}`: {e}"),
+                    reason: if is_secret_option(name) {
+                        format!("the value does not parse: {e}")
+                    } else {
+                        format!("`{v}`: {e}")
+                    },
                 })
             })
             .transpose()
@@ -300,7 +304,10 @@ impl BrokerUrl {
             let pairs: Vec<String> = self
                 .options
                 .iter()
-                .map(|(k, v)| format!("{}={}", enc_query(k), enc_query(v)))
+                .map(|(k, v)| {
+                    let v = if redacted && is_secret_option(k) { "***" } else { v };
+                    format!("{}={}", enc_query(k), enc_query(v))
+                })
                 .collect();
             out.push_str(&pairs.join("&"));
         }
@@ -380,36 +387,102 @@ impl fmt::Debug for BrokerUrl {
     }
 }
 
-/// A URL-like string with any password replaced by `***`, for error messages
-/// about strings that may not parse.
+/// Whether an option holds a credential, so its value is shown as `***`
+/// wherever mq shows options (Debug, Display, errors, logs): a name that
+/// contains `password`, `passwd`, `secret`, `token`, `key` or `credential`
+/// (any case, any separator), and librdkafka's SASL settings other than
+/// the mechanism and service name.
+///
+/// ```
+/// use mq_core::url::is_secret_option;
+/// assert!(is_secret_option("rdkafka.sasl.password"));
+/// assert!(is_secret_option("rdkafka.sasl.oauthbearer.config"));
+/// assert!(is_secret_option("rdkafka.ssl.key.pem"));
+/// assert!(is_secret_option("api_token"));
+/// assert!(!is_secret_option("rdkafka.sasl.mechanism"));
+/// assert!(!is_secret_option("prefetch"));
+/// ```
+pub fn is_secret_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    const WORDS: [&str; 6] = ["password", "passwd", "secret", "token", "key", "credential"];
+    if WORDS.iter().any(|w| name.contains(w)) {
+        return true;
+    }
+    match name.find("sasl.") {
+        Some(at) => {
+            let setting = &name[at + "sasl.".len()..];
+            !matches!(
+                setting,
+                "mechanism" | "mechanisms" | "username" | "kerberos.service.name" | "kerberos.principal"
+            )
+        }
+        None => false,
+    }
+}
+
+/// A URL-like string with any password, and the value of every option that
+/// holds a credential ([`is_secret_option`]), replaced by `***`, for error
+/// messages about strings that may not parse.
 ///
 /// ```
 /// assert_eq!(mq_core::url::redact("amqp://u:pw@h:x"), "amqp://u:***@h:x");
 /// assert_eq!(mq_core::url::redact("redis://h"), "redis://h");
+/// assert_eq!(
+///     mq_core::url::redact("kafka://h?rdkafka.sasl.password=pw&partitions=3"),
+///     "kafka://h?rdkafka.sasl.password=***&partitions=3"
+/// );
 /// ```
 pub fn redact(input: &str) -> String {
-    let Some(start) = input.find("://").map(|i| i + 3) else {
-        // No scheme: anything before an `@` may be a secret.
-        return match input.rfind('@') {
-            Some(at) => format!("***{}", &input[at..]),
-            None => input.to_string(),
-        };
+    let (head, rest) = match input.find("://") {
+        Some(i) => input.split_at(i + 3),
+        None => ("", input),
     };
-    let rest = &input[start..];
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    match authority.rfind('@') {
+    // The last `@`: a password may hold `/`, `?` or `#` unencoded. When the
+    // `@` was in the query instead, this hides too much, never too little.
+    let mut out = head.to_string();
+    let after = match rest.rfind('@') {
         Some(at) => {
-            let user = authority[..at].split(':').next().unwrap_or("");
-            let masked = if authority[..at].contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{}{}{}", &input[..start], masked, &rest[at..])
+            let userinfo = &rest[..at];
+            match userinfo.split_once(':') {
+                _ if head.is_empty() => out.push_str("***"),
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            &rest[at..]
         }
-        None => input.to_string(),
+        None => rest,
+    };
+    out.push_str(after);
+    let Some(q) = out.find('?') else {
+        return out;
+    };
+    let (base, query) = out.split_at(q + 1);
+    let (query, fragment) = match query.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (query, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_option(&decode_lossy(k)) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    let mut masked = format!("{base}{}", pairs.join("&"));
+    if let Some(fragment) = fragment {
+        masked.push('#');
+        masked.push_str(fragment);
     }
+    masked
+}
+
+fn decode_lossy(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -485,9 +558,49 @@ mod tests {
     }
 
     #[test]
+    fn secret_options_never_shown() {
+        let text = "kafka://h:9092?rdkafka.sasl.password=s3cr3t-1&rdkafka.sasl.username=app\
+                    &rdkafka.ssl.key.password=s3cr3t-2&api%5Ftoken=s3cr3t-3&partitions=3";
+        let url = BrokerUrl::parse(text).unwrap();
+        assert_eq!(
+            url.option("rdkafka.sasl.password"),
+            Some("s3cr3t-1"),
+            "the client still gets it"
+        );
+        let config = crate::MqConfig::new(text);
+        let bad = BrokerUrl::parse("kafka://h?sasl.password=s3cr3t-4")
+            .unwrap()
+            .parse_option::<u32>("kafka", "sasl.password")
+            .unwrap_err();
+        for shown in [
+            url.to_string(),
+            format!("{url:?}"),
+            format!("{config:?}"),
+            config.to_url().unwrap().to_string(),
+            redact(text),
+            redact("kafka://h?rdkafka.sasl.password=s3cr3t-5&email=a@b"),
+            bad.to_string(),
+            format!("{bad:?}"),
+        ] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(
+                shown.contains("***") || shown.contains("does not parse"),
+                "{shown}"
+            );
+        }
+        assert!(url.to_string().contains("partitions=3") && url.to_string().contains("username=app"));
+        assert!(
+            url.expose().contains("s3cr3t-1"),
+            "expose is for the client library"
+        );
+    }
+
+    #[test]
     fn redact_handles_odd_input() {
         assert_eq!(redact("u:pw@host"), "***@host");
-        assert_eq!(redact("amqp://u:p:w@h/x@y"), "amqp://u:***@h/x@y");
+        // The last `@` ends the user info: a password may hold `/` or `?`.
+        assert_eq!(redact("amqp://u:p:w@h/x@y"), "amqp://u:***@y");
+        assert_eq!(redact("amqp://u:p/?w@h/vh"), "amqp://u:***@h/vh");
         assert_eq!(redact("amqp://justuser@h"), "amqp://justuser@h");
     }
 }

@@ -44,7 +44,7 @@ impl std::fmt::Debug for KafkaConfig {
             .properties
             .iter()
             .map(|(k, v)| {
-                let secret = k.contains("password") || k.contains("secret") || k.contains("key.pem");
+                let secret = mq_core::url::is_secret_option(k);
                 (k.as_str(), if secret { "***" } else { v.as_str() })
             })
             .collect();

@@ -92,8 +92,15 @@ impl RedisBroker {
             opts.connect_timeout() * (opts.retries + 1) + Duration::from_secs(u64::from(opts.retries));
         let conn = match tokio::time::timeout(bound, client.get_connection_manager_with_config(manager)).await
         {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(map(e, "connect", &endpoint)),
+            Ok(Ok(conn)) => {
+                tracing::debug!(endpoint = %endpoint, config = ?config, "connected to Redis");
+                conn
+            }
+            Ok(Err(e)) => {
+                let e = map(e, "connect", &endpoint);
+                tracing::debug!(endpoint = %endpoint, error = %e, "connecting to Redis failed");
+                return Err(e);
+            }
             Err(_) => {
                 return Err(Error::Connection {
                     backend: "redis",

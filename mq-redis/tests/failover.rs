@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::server::Server;
+
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,74 +19,6 @@ use mq_core::{
 use mq_redis::{RedisBroker, RedisConfig, RedisIdempotencyStore};
 use tokio_util::sync::CancellationToken;
 
-/// A redis-server of the test's own, on a free loopback port, killed on drop.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start(port: Option<u16>, dir: Option<PathBuf>) -> Server {
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port()
-        });
-        let dir = dir.unwrap_or_else(|| {
-            let dir = std::env::temp_dir().join(format!("mq-failover-{}", mq_core::new_id()));
-            std::fs::create_dir_all(&dir).expect("a temp dir");
-            dir
-        });
-        // Appended and fsynced before replying: what the server confirmed
-        // survives it being killed.
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/test.sh installs it)");
-        let server = Server {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "redis://127.0.0.1:{}?retries=1&connect_timeout_ms=300&response_timeout_ms=1000",
-            self.port
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn connect(url: &str) -> RedisBroker {
     RedisBroker::connect(RedisConfig::from_url(&BrokerUrl::parse(url).unwrap()).unwrap())
         .await
@@ -96,8 +28,8 @@ async fn connect(url: &str) -> RedisBroker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn balanced_producer_loses_nothing_when_a_server_dies() {
     const N: usize = 5000;
-    let a = Server::start(None, None);
-    let mut b = Server::start(None, None);
+    let a = Server::start();
+    let mut b = Server::start();
     let (broker_a, broker_b) = (connect(&a.url()).await, connect(&b.url()).await);
     let topic = mq_core::testkit::unique("failover");
     let sub = || {
@@ -142,7 +74,7 @@ async fn balanced_producer_loses_nothing_when_a_server_dies() {
     assert!(on_b_before_kill > 0, "server B took part before it died");
 
     // B comes back with what it had confirmed; its consumer reconnects.
-    let _b = Server::start(Some(b.port), Some(b.dir.clone()));
+    b.restart();
     let mut got = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !confirmed.is_subset(&got) {

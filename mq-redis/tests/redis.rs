@@ -9,7 +9,6 @@ mod common;
 use mq_core::testkit::expect_delivery;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -266,55 +265,9 @@ async fn max_len_trims_the_stream() {
     );
 }
 
-/// A second redis-server that requires a password, on a free loopback port.
-struct Guarded {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn redis_with_password(password: &str) -> Guarded {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--requirepass", password])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (scripts/test.sh installs it)");
-    let guard = Guarded { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the password-protected redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    guard
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_an_auth_error_without_the_password() {
-    let server = redis_with_password("right-horse-battery");
+    let server = common::server::Server::with_password("right-horse-battery");
     let url = format!("redis://:wrong-horse-staple@127.0.0.1:{}?retries=0", server.port);
     let mut registry = Registry::new();
     mq_redis::register(&mut registry);

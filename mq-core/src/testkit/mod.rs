@@ -38,6 +38,7 @@ mod basic;
 pub mod foreign;
 mod groups;
 mod lifecycle;
+pub mod logs;
 mod settle;
 
 pub use basic::*;

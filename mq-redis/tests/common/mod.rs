@@ -2,6 +2,8 @@
 //! (feature `testcontainers`, Docker present) a container per test.
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
+pub(crate) mod server;
+
 use std::sync::Arc;
 
 use mq_core::{Broker, BrokerUrl};
