@@ -46,7 +46,7 @@ pub fn add_attempts(stored: u32, earlier_deliveries: u64) -> u32 {
 /// [`check_send`](NameLimits::check_send), so a name over the limit is an
 /// [`Error::InvalidOption`] naming the field and the limit, never a panic
 /// in a client library or a refusal after a round trip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct NameLimits {
     /// A topic name.
@@ -58,6 +58,18 @@ pub struct NameLimits {
     pub id: usize,
     /// A header name.
     pub header_name: usize,
+    /// The characters topic and group names may hold, where the broker
+    /// restricts them.
+    pub charset: Option<Charset>,
+}
+
+/// The characters a broker allows in names.
+#[derive(Debug, Clone, Copy)]
+pub struct Charset {
+    /// The allowed characters in words, for error messages.
+    pub describe: &'static str,
+    /// Whether a character is allowed.
+    pub allowed: fn(char) -> bool,
 }
 
 impl NameLimits {
@@ -67,6 +79,7 @@ impl NameLimits {
         subscription: usize::MAX,
         id: usize::MAX,
         header_name: usize::MAX,
+        charset: None,
     };
 
     /// Limits on topic names, topic and group together, ids and header names.
@@ -76,6 +89,31 @@ impl NameLimits {
             subscription,
             id,
             header_name,
+            charset: None,
+        }
+    }
+
+    /// The same limits, with topic and group names restricted to `charset`.
+    pub const fn with_charset(mut self, charset: Charset) -> Self {
+        self.charset = Some(charset);
+        self
+    }
+
+    fn check_chars(&self, backend: &'static str, what: &str, name: &str) -> Result<()> {
+        let Some(charset) = self.charset else {
+            return Ok(());
+        };
+        match name.chars().find(|c| !(charset.allowed)(*c)) {
+            None => Ok(()),
+            Some(c) => Err(invalid(
+                backend,
+                what,
+                format!(
+                    "`{}` holds {c:?}; {backend} allows only {} in {what} names",
+                    shorten(name),
+                    charset.describe
+                ),
+            )),
         }
     }
 
@@ -88,7 +126,8 @@ impl NameLimits {
         if topic.is_empty() {
             return Err(invalid(backend, "topic", "the topic name is empty".into()));
         }
-        within(backend, "topic", topic, self.topic)
+        within(backend, "topic", topic, self.topic)?;
+        self.check_chars(backend, "topic", topic)
     }
 
     /// Checks a subscription's topic and group (the topic and group alone
@@ -100,6 +139,7 @@ impl NameLimits {
     pub fn check_subscription(&self, backend: &'static str, sub: &Subscription) -> Result<()> {
         sub.validate(backend)?;
         self.check_topic(backend, &sub.topic)?;
+        self.check_chars(backend, "group", &sub.group)?;
         let together = sub.topic.len().saturating_add(sub.group.len());
         if together > self.subscription {
             return Err(invalid(
@@ -219,5 +259,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("200 bytes") && err.len() < 200, "{err}");
+
+        let kafka = NameLimits::new(249, 242, usize::MAX, usize::MAX).with_charset(Charset {
+            describe: "ASCII letters, digits, `.`, `_` and `-`",
+            allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+        });
+        let err = kafka.check_topic("kafka", "orders/eu").unwrap_err().to_string();
+        assert!(err.contains("'/'") && err.contains("ASCII letters"), "{err}");
+        let err = kafka
+            .check_subscription("kafka", &Subscription::new("orders", "billing team"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`group`") && err.contains("' '"), "{err}");
+        assert!(
+            kafka
+                .check_subscription("kafka", &Subscription::new("orders.eu", "billing_1"))
+                .is_ok()
+        );
     }
 }

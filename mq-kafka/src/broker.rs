@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mq_core::backend::{Charset, NameLimits};
 use mq_core::{
     Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
     Subscription,
@@ -140,9 +141,22 @@ impl KafkaBroker {
     /// As [`Broker::subscribe`].
     pub async fn subscribe_transactional(&self, subscription: Subscription) -> Result<KafkaConsumer> {
         self.inner.check_open()?;
-        subscription.validate("kafka")?;
+        LIMITS.check_subscription("kafka", &subscription)?;
         KafkaConsumer::start(self.inner.clone(), subscription, true).await
     }
+}
+
+/// Kafka's limits on names, checked before the network: a topic name is at
+/// most 249 characters of `[a-zA-Z0-9._-]`, and the group's retry topic
+/// (`{topic}.{group}.retry`) is a topic name too.
+pub(crate) const LIMITS: NameLimits =
+    NameLimits::new(249, 249 - ".".len() - ".retry".len(), usize::MAX, usize::MAX).with_charset(Charset {
+        describe: "ASCII letters, digits, `.`, `_` and `-`",
+        allowed: legal_in_topic,
+    });
+
+fn legal_in_topic(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
 impl Inner {
@@ -259,7 +273,7 @@ impl Broker for KafkaBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
         self.inner.check_open()?;
-        subscription.validate("kafka")?;
+        LIMITS.check_subscription("kafka", &subscription)?;
         Ok(Box::new(
             KafkaConsumer::start(self.inner.clone(), subscription, false).await?,
         ))

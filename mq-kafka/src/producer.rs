@@ -107,6 +107,7 @@ impl Inner {
         messages: Vec<Message>,
     ) -> Result<Vec<Receipt>> {
         self.check_open()?;
+        crate::broker::LIMITS.check_send("kafka", topic, &messages)?;
         check_send("kafka", topic, &messages, self.config.max_message_bytes())?;
         self.ensure_topic(topic).await?;
         let mut pending = Vec::with_capacity(messages.len());

@@ -404,6 +404,7 @@ impl Producer for KafkaTransactionalProducer {
 
     /// One transaction: all of `messages` become visible, or none.
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        crate::broker::LIMITS.check_send("kafka", topic, &messages)?;
         check_send("kafka", topic, &messages, self.inner.config.max_message_bytes())?;
         let txn = self.begin().await?;
         match txn.send_batch(topic, messages).await {

@@ -711,3 +711,34 @@ async fn consume_transform_produce_commits_input_offsets_with_the_output() {
     }
     outputs.close().await.unwrap();
 }
+
+/// Issue 13, defect 11: Kafka refuses topic names outside
+/// `[a-zA-Z0-9._-]` or over 249 characters; mq says so before the round
+/// trip, naming the field, and the group's retry topic counts too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn illegal_topic_names_are_refused_before_the_network() {
+    let mock = Mock::start();
+    let broker = mock_broker(&mock, "").await;
+    let producer = producer(&broker).await;
+    for (topic, why) in [
+        ("orders/eu", "'/'"),
+        ("caf\u{e9}", "'\u{e9}'"),
+        (&*"t".repeat(250), "at most 249"),
+    ] {
+        match producer.send(topic, Message::new("x")).await {
+            Err(Error::InvalidOption { option, reason, .. }) => {
+                assert_eq!(option, "topic");
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("`{topic}`: expected InvalidOption, got {other:?}"),
+        }
+    }
+    let err = broker
+        .subscribe(Subscription::new("orders", "billing team"))
+        .await
+        .expect_err("a group with a space makes an illegal retry topic");
+    assert!(
+        matches!(err, Error::InvalidOption { ref option, .. } if option == "group"),
+        "{err}"
+    );
+}

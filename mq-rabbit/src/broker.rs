@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use mq_core::backend::NameLimits;
 use mq_core::retry::{ExponentialBackoff, RetryPolicy};
 use mq_core::{
     Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
@@ -348,6 +349,13 @@ impl Inner {
     }
 }
 
+/// AMQP's limits on names (short strings of at most 255 bytes), checked
+/// before the network: lapin panics on longer ones. A group's queue is
+/// `{topic}.{group}`, and its delay queues add `.delay.` and up to ten
+/// digits.
+pub(crate) const LIMITS: NameLimits =
+    NameLimits::new(255, 255 - ".".len() - ".delay.4294967295".len(), 255, 255);
+
 /// Adds the name of the exchange or queue to a broker error (the server's
 /// text already has it for PRECONDITION_FAILED; make sure of it).
 fn named(err: Error, what: &str, name: &str) -> Error {
@@ -408,7 +416,7 @@ impl Broker for RabbitBroker {
 
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
         self.inner.check_open()?;
-        subscription.validate("rabbitmq")?;
+        LIMITS.check_subscription("rabbitmq", &subscription)?;
         Ok(Box::new(
             RabbitConsumer::start(self.inner.clone(), subscription).await?,
         ))

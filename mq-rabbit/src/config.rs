@@ -182,6 +182,10 @@ impl RabbitConfig {
             options.exchange_type = v.into();
         }
         if let Some(v) = url.option("connection_name") {
+            // An AMQP short string: lapin panics on a longer one.
+            if v.len() > 255 {
+                return Err(invalid_option("connection_name", "must be at most 255 bytes"));
+            }
             options.connection_name = v.into();
         }
         if let Some(v) = url.parse_option("rabbitmq", "durable")? {

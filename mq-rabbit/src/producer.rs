@@ -62,6 +62,7 @@ impl RabbitProducer {
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
         self.inner.check_open()?;
+        crate::broker::LIMITS.check_send("rabbitmq", topic, messages)?;
         check_send(
             "rabbitmq",
             topic,

@@ -39,11 +39,13 @@ pub mod foreign;
 mod groups;
 mod lifecycle;
 pub mod logs;
+mod names;
 mod settle;
 
 pub use basic::*;
 pub use groups::*;
 pub use lifecycle::*;
+pub use names::*;
 pub use settle::*;
 
 /// The longest any check waits for one expected delivery, unless changed
@@ -82,6 +84,7 @@ macro_rules! __mq_for_each_check {
             round_trip_large_payload,
             json_round_trip_and_decode_error,
             oversized_message_is_rejected,
+            names_at_the_limits_are_accepted_or_refused,
             batch_send_keeps_order,
             order_per_key_under_concurrent_sends,
             topics_are_isolated,
