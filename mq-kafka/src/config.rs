@@ -13,6 +13,7 @@ use serde::Deserialize;
 /// | `partitions` | partitions of topics mq creates | 3 |
 /// | `replication` | replication factor of topics mq creates | 1 |
 /// | `create_topics` | create topics through the admin client | `true` |
+/// | `group_id` | the Kafka `group.id` of a subscription: `scoped` (`{topic}.{group}`, so a group name is per topic, as on every backend) or `exact` (the group name as it is) | `scoped` |
 /// | `rdkafka.<property>` | any librdkafka property (SASL, SSL, `linger.ms`...) | |
 ///
 /// ```
@@ -33,9 +34,40 @@ pub struct KafkaConfig {
     pub replication: i32,
     /// Whether mq creates topics.
     pub create_topics: bool,
+    /// The Kafka `group.id` a subscription's group becomes.
+    pub group_id: GroupId,
     /// librdkafka properties passed through to every client. Values of
-    /// properties whose name contains `password` or `secret` are never shown.
+    /// credentials ([`mq_core::url::is_secret_option`]) are never shown.
     pub properties: BTreeMap<String, String>,
+}
+
+/// The Kafka `group.id` a subscription's group becomes.
+///
+/// A group is per topic in mq's model (every group of a topic receives
+/// every message, whatever other topics have groups of the same name), so
+/// by default the Kafka group id names both: one group name used on 15
+/// topics is 15 Kafka groups, not one 15-topic group that rebalances all of
+/// them on every subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GroupId {
+    /// `{topic}.{group}` (the default).
+    #[default]
+    Scoped,
+    /// The subscription's group name as it is: for teams whose Kafka
+    /// tooling, ACLs or quotas expect given group ids.
+    Exact,
+}
+
+impl GroupId {
+    /// The `group.id` of group `group` of topic `topic`.
+    pub fn of(self, topic: &str, group: &str) -> String {
+        match self {
+            GroupId::Scoped => format!("{topic}.{group}"),
+            GroupId::Exact => group.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -53,6 +85,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("partitions", &self.partitions)
             .field("replication", &self.replication)
             .field("create_topics", &self.create_topics)
+            .field("group_id", &self.group_id)
             .field("properties", &shown)
             .finish()
     }
@@ -60,7 +93,8 @@ impl std::fmt::Debug for KafkaConfig {
 
 /// The options of [`KafkaConfig`] as serde reads them (from a config file,
 /// say), rejecting unknown ones: `partitions`, `replication`,
-/// `create_topics`, and `rdkafka`, a table of librdkafka properties.
+/// `create_topics`, `group_id`, and `rdkafka`, a table of librdkafka
+/// properties.
 ///
 /// ```
 /// let options: mq_kafka::KafkaOptions = serde_json::from_str(
@@ -80,6 +114,8 @@ pub struct KafkaOptions {
     pub replication: i32,
     /// Whether mq creates topics through the admin client.
     pub create_topics: bool,
+    /// The Kafka `group.id` a subscription's group becomes.
+    pub group_id: GroupId,
     /// librdkafka properties, passed through to every client.
     pub rdkafka: BTreeMap<String, String>,
 }
@@ -90,6 +126,7 @@ impl Default for KafkaOptions {
             partitions: 3,
             replication: 1,
             create_topics: true,
+            group_id: GroupId::Scoped,
             rdkafka: BTreeMap::new(),
         }
     }
@@ -103,12 +140,13 @@ impl KafkaConfig {
             partitions: options.partitions.max(1),
             replication: options.replication.max(1),
             create_topics: options.create_topics,
+            group_id: options.group_id,
             properties: options.rdkafka,
         }
     }
 
     /// The mq option names (librdkafka's go through `rdkafka.<name>`).
-    pub const OPTIONS: &'static [&'static str] = &["partitions", "replication", "create_topics"];
+    pub const OPTIONS: &'static [&'static str] = &["partitions", "replication", "create_topics", "group_id"];
 
     /// Reads a `kafka://` URL.
     ///
@@ -175,6 +213,11 @@ impl KafkaConfig {
         if let Some(c) = url.parse_option("kafka", "create_topics")? {
             config.create_topics = c;
         }
+        match url.option("group_id") {
+            None | Some("scoped") => {}
+            Some("exact") => config.group_id = GroupId::Exact,
+            Some(_) => return Err(bad("group_id", "must be `scoped` or `exact`")),
+        }
         Ok(config)
     }
 
@@ -217,6 +260,18 @@ mod tests {
         assert_eq!(c.properties.get("sasl.password").map(String::as_str), Some("pw"));
         let shown = format!("{c:?}");
         assert!(!shown.contains("\"pw\"") && shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn group_ids_are_per_topic_unless_exact() {
+        assert_eq!(
+            parse("kafka://a").unwrap().group_id.of("orders", "billing"),
+            "orders.billing"
+        );
+        let exact = parse("kafka://a?group_id=exact").unwrap();
+        assert_eq!(exact.group_id.of("orders", "billing"), "billing");
+        let err = parse("kafka://a?group_id=global").unwrap_err().to_string();
+        assert!(err.contains("group_id") && err.contains("exact"), "{err}");
     }
 
     #[test]

@@ -954,7 +954,7 @@ impl KafkaConsumer {
         let (assigned, mut assignments) = watch::channel(0u64);
         let mut client = inner.config.client();
         client
-            .set("group.id", &sub.group)
+            .set("group.id", inner.config.group_id.of(&sub.topic, &sub.group))
             .set("enable.auto.commit", if transactional { "false" } else { "true" })
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")

@@ -40,7 +40,7 @@ pub mod testing;
 mod transaction;
 
 pub use broker::{KafkaBroker, KafkaConnector, register};
-pub use config::{KafkaConfig, KafkaOptions};
+pub use config::{GroupId, KafkaConfig, KafkaOptions};
 pub use consumer::KafkaConsumer;
 pub use producer::KafkaProducer;
 pub use transaction::{KafkaTransaction, KafkaTransactionalProducer};

@@ -55,12 +55,12 @@ async fn drain(
     seen
 }
 
-/// The group's committed offset of `topic`/`partition`, read as another
-/// client would.
+/// The committed offset of mq group `group` of `topic`/`partition`, read
+/// as another client would (its Kafka group id is `{topic}.{group}`).
 fn committed(servers: &str, group: &str, topic: &str, partition: i32) -> Offset {
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
-        .set("group.id", group)
+        .set("group.id", format!("{topic}.{group}"))
         .create()
         .expect("offset reader");
     let mut tpl = TopicPartitionList::new();
@@ -741,4 +741,76 @@ async fn illegal_topic_names_are_refused_before_the_network() {
         matches!(err, Error::InvalidOption { ref option, .. } if option == "group"),
         "{err}"
     );
+}
+
+/// Issue 13, defect 6: a group is per topic, so one group name subscribed
+/// on several topics is several Kafka groups, `{topic}.{group}` (it was one
+/// group spanning the topics, rebalanced on every subscribe, its offsets
+/// committed under the bare name); `group_id=exact` keeps the bare name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_group_name_on_several_topics_is_several_kafka_groups() {
+    const TOPICS: usize = 3;
+    let mock = Mock::start();
+    let group = unique("shared-name");
+    for exact in [false, true] {
+        let broker = mock_broker(&mock, if exact { "group_id=exact" } else { "" }).await;
+        let producer = producer(&broker).await;
+        let topics: Vec<String> = (0..TOPICS).map(|_| unique("per-topic")).collect();
+        let mut consumers = Vec::new();
+        for topic in &topics {
+            let sub = Subscription::new(topic, &group).start(StartPosition::Earliest);
+            consumers.push(broker.subscribe(sub).await.expect("subscribe"));
+        }
+        for (topic, consumer) in topics.iter().zip(consumers.iter_mut()) {
+            let receipt = producer.send(topic, Message::new("x")).await.expect("send");
+            let Position::Offset {
+                partition: Some(p),
+                offset,
+            } = receipt.position
+            else {
+                panic!("a Kafka receipt has a partition and an offset: {receipt:?}");
+            };
+            let next = i64::try_from(offset).expect("an offset fits i64") + 1;
+            let d = expect_delivery(consumer.as_mut(), "the message").await;
+            d.ack().await.expect("ack");
+            // Committed under `{topic}.{group}` (what `committed` reads), or
+            // under the bare name with `group_id=exact`.
+            if exact {
+                let (s, g, t) = (mock.servers().to_string(), group.clone(), topic.clone());
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    let (s, g, t) = (s.clone(), g.clone(), t.clone());
+                    let now = tokio::task::spawn_blocking(move || {
+                        let reader: BaseConsumer = ClientConfig::new()
+                            .set("bootstrap.servers", &s)
+                            .set("group.id", &g)
+                            .create()
+                            .expect("offset reader");
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&t, p);
+                        reader
+                            .committed_offsets(tpl, Duration::from_secs(10))
+                            .expect("committed")
+                            .elements()[0]
+                            .offset()
+                    })
+                    .await
+                    .unwrap();
+                    if now == Offset::Offset(next) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "group_id=exact: committed {now:?} under `{group}`"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            } else {
+                committed_becomes(mock.servers(), &group, topic, p, next).await;
+            }
+        }
+        for mut c in consumers {
+            c.close().await.expect("close");
+        }
+    }
 }
