@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mq_core::backend::{Charset, NameLimits};
+
+use crate::hand_back::Closing;
 use mq_core::{
     Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
     Subscription,
@@ -50,6 +52,8 @@ pub(crate) struct Inner {
     admin: AdminClient<DefaultClientContext>,
     created: Mutex<HashSet<String>>,
     closed: AtomicBool,
+    /// Consumers closing, by group id: new members wait for them.
+    pub(crate) closing: Closing,
 }
 
 impl std::fmt::Debug for Inner {
@@ -103,6 +107,7 @@ impl KafkaBroker {
                 admin,
                 created: Mutex::new(HashSet::new()),
                 closed: AtomicBool::new(false),
+                closing: Closing::default(),
             }),
         })
     }

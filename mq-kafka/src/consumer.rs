@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::Inner;
 use crate::error::map;
+use crate::hand_back::HandBack;
 use crate::producer::ID;
 
 /// Header of a delayed copy: when it is due (ms since the epoch).
@@ -366,6 +367,8 @@ pub(crate) struct Ctx {
     uncommitted: Mutex<HashMap<(String, i32), i64>>,
     /// Offsets are committed by transactions only: none on revoke.
     transactional: bool,
+    /// A revoke waits for unacked deliveries being handed back.
+    pub(crate) hand_back: HandBack,
 }
 
 impl Ctx {
@@ -396,6 +399,13 @@ impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                // A closing consumer's unacked deliveries are handed back
+                // (copied, then acked) before the partitions go.
+                if !self.hand_back.wait(HAND_BACK_WAIT) {
+                    tracing::warn!(
+                        "handing deliveries back took over {HAND_BACK_WAIT:?}; the new owner may read some again"
+                    );
+                }
                 // What was acked is committed before another member takes over.
                 let acked = self.tracker.revoke(tpl);
                 if self.transactional {
@@ -484,6 +494,39 @@ pub(crate) struct Shared {
     /// What the poll thread is to do: [`RUN`], [`DRAIN`] or [`CLOSE`].
     state: AtomicU8,
     closed: AtomicBool,
+    /// The Kafka `group.id`.
+    group_id: String,
+    /// Whether the poll thread has left the group, and whether this
+    /// consumer is registered as closing with the broker.
+    leaving: Mutex<Leaving>,
+}
+
+#[derive(Debug, Default)]
+struct Leaving {
+    left: bool,
+    registered: bool,
+}
+
+impl Shared {
+    /// Closing starts: a revoke now waits for the hand-back, and new
+    /// members of the group in this process wait until this one left.
+    fn begin_closing(&self) {
+        self.consumer.context().hand_back.begin();
+        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        if !leaving.left && !leaving.registered {
+            leaving.registered = true;
+            self.inner.closing.begin(&self.group_id);
+        }
+    }
+
+    /// The poll thread has committed and left the group.
+    fn left(&self) {
+        let mut leaving = self.leaving.lock().unwrap_or_else(PoisonError::into_inner);
+        leaving.left = true;
+        if std::mem::take(&mut leaving.registered) {
+            self.inner.closing.end(&self.group_id);
+        }
+    }
 }
 
 /// A value alone on its cache line.
@@ -940,6 +983,8 @@ pub struct KafkaConsumer {
     closed: bool,
 }
 
+/// How long a revoke waits for a closing consumer's hand-back.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(10);
 /// How long closing waits for the poll thread to commit and leave the group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `subscribe` waits for the group to assign partitions.
@@ -951,10 +996,19 @@ impl KafkaConsumer {
         inner.ensure_topic(&sub.topic).await?;
         inner.ensure_topic(&retry_topic).await?;
         let tracker = Arc::new(Tracker::new(&sub.topic, &retry_topic));
+        let group_id = inner.config.group_id.of(&sub.topic, &sub.group);
+        // A consumer of the group closing in this process commits and
+        // leaves first (see `hand_back::Closing`).
+        if !inner.closing.wait(&group_id, CLOSE_TIMEOUT).await {
+            tracing::warn!(
+                group_id,
+                "a closing consumer of the group did not leave within {CLOSE_TIMEOUT:?}"
+            );
+        }
         let (assigned, mut assignments) = watch::channel(0u64);
         let mut client = inner.config.client();
         client
-            .set("group.id", inner.config.group_id.of(&sub.topic, &sub.group))
+            .set("group.id", &group_id)
             .set("enable.auto.commit", if transactional { "false" } else { "true" })
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
@@ -972,6 +1026,7 @@ impl KafkaConsumer {
                 start_latest: matches!(sub.start, StartPosition::Latest).then(|| sub.topic.clone()),
                 transactional,
                 uncommitted: Mutex::new(HashMap::new()),
+                hand_back: HandBack::default(),
             })
             .map_err(|e| map(e, "create a consumer", inner.endpoint()))?;
         consumer
@@ -990,6 +1045,8 @@ impl KafkaConsumer {
             parked: AtomicBool::new(false),
             state: AtomicU8::new(RUN),
             closed: AtomicBool::new(false),
+            group_id,
+            leaving: Mutex::new(Leaving::default()),
             inner,
             sub,
         });
@@ -1002,6 +1059,7 @@ impl KafkaConsumer {
                 let _ = poller.poller.set(std::thread::current());
                 poll_loop(&poller, &tx);
                 leave(&poller);
+                poller.left();
                 let _ = done_tx.send(());
             })
             .map_err(|e| Error::backend("kafka", "start the consumer thread", e.to_string()))?;
@@ -1232,6 +1290,7 @@ fn leave(shared: &Shared) {
 /// Hands unacked deliveries back (copies with attempt + 1), then has the
 /// poll thread commit and leave the group.
 async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> Result<()> {
+    shared.begin_closing();
     shared.drain();
     // A transactional consumer's unacked deliveries are read again from the
     // position its transactions committed: a copy would be a duplicate.
@@ -1255,6 +1314,7 @@ async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> R
             result = Err(e);
         }
     }
+    shared.consumer.context().hand_back.end();
     shared.closed.store(true, Ordering::Release);
     shared.state.store(CLOSE, Ordering::Release);
     if let Some(done) = done {
@@ -1313,6 +1373,7 @@ impl Consumer for KafkaConsumer {
             return Ok(());
         }
         self.closed = true;
+        self.shared.begin_closing();
         self.rx.close();
         shutdown(self.shared.clone(), self.done.take()).await
     }
@@ -1369,6 +1430,8 @@ impl Drop for KafkaConsumer {
         }
         let (shared, done) = (self.shared.clone(), self.done.take());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // At once, not in the task: a new member may join before it runs.
+            shared.begin_closing();
             handle.spawn(async move {
                 if let Err(e) = shutdown(shared, done).await {
                     tracing::warn!(error = %e, "closing a dropped kafka consumer failed");

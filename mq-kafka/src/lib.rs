@@ -34,6 +34,7 @@ mod broker;
 mod config;
 mod consumer;
 mod error;
+mod hand_back;
 mod producer;
 #[cfg(feature = "testcontainers")]
 pub mod testing;
