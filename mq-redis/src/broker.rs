@@ -185,6 +185,14 @@ impl Inner {
         .await
     }
 
+    /// Runs a command once on the shared connection, without trying again.
+    pub(crate) async fn query_once<T: FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| map(e, what, &self.endpoint))
+    }
+
     /// As [`Inner::query`] for a pipeline (one round trip).
     pub(crate) async fn query_pipe<T: FromRedisValue>(
         &self,

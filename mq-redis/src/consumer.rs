@@ -2,7 +2,7 @@
 //! connection, XAUTOCLAIM of idle entries, moving due delayed requeues), an
 //! acker task that sends acks in batches, and the settle logic.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ struct Shared {
     stop: watch::Sender<bool>,
     /// Set once the consumer closed: its deliveries can no longer be settled.
     closed: AtomicBool,
+    /// The server's id of the reader's blocking connection (`CLIENT ID`),
+    /// so closing can cut its blocking read short; -1 while unknown.
+    reader_id: AtomicI64,
 }
 
 impl Shared {
@@ -225,6 +228,7 @@ impl RedisConsumer {
             ack_wake: Notify::new(),
             stop: watch::channel(false).0,
             closed: AtomicBool::new(false),
+            reader_id: AtomicI64::new(-1),
             inner,
             sub,
         });
@@ -307,9 +311,20 @@ impl Drop for RedisConsumer {
 /// back to the group.
 async fn shutdown(shared: Arc<Shared>, tasks: Vec<JoinHandle<()>>) -> Result<()> {
     shared.stop.send_replace(true);
-    for task in tasks {
-        // A task that panicked has nothing left to flush.
-        let _ = task.await;
+    for mut task in tasks {
+        // A blocking read in flight is cut short with CLIENT UNBLOCK (from
+        // another connection), again until the reader ends: it may only be
+        // about to block. Unblocked, the read returns as if timed out, with
+        // no entry given to this consumer (abandoning it instead would have
+        // the server give entries to a consumer already closed).
+        loop {
+            unblock_reader(&shared).await;
+            tokio::select! {
+                // A task that panicked has nothing left to flush.
+                _ = &mut task => break,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
     }
     shared.closed.store(true, Ordering::Release);
     let mut result = Ok(());
@@ -335,6 +350,23 @@ async fn shutdown(shared: Arc<Shared>, tasks: Vec<JoinHandle<()>>) -> Result<()>
         }
     }
     result
+}
+
+/// Cuts the reader's blocking read short, if it has a connection.
+async fn unblock_reader(shared: &Shared) {
+    let id = shared.reader_id.load(Ordering::Acquire);
+    if id < 0 {
+        return;
+    }
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("UNBLOCK").arg(id);
+    if let Err(e) = shared
+        .inner
+        .query_once::<i64>("CLIENT UNBLOCK the reader", &cmd)
+        .await
+    {
+        tracing::debug!(error = %e, "unblocking the reader; it ends after its blocking read");
+    }
 }
 
 /// Requeues (or dead-letters) every entry pending for this consumer.
@@ -455,7 +487,11 @@ async fn read_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<Delivery>>) {
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match shared.inner.blocking_connection().await {
-                Ok(c) => conn.insert(c),
+                Ok(mut c) => {
+                    let id = redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut c).await;
+                    shared.reader_id.store(id.unwrap_or(-1), Ordering::Release);
+                    conn.insert(c)
+                }
                 Err(e) => {
                     if report(&shared, &tx, e, &mut failures).await.is_err() {
                         return;
@@ -481,10 +517,12 @@ async fn read_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<Delivery>>) {
             .arg(&shared.retry)
             .arg(">")
             .arg(">");
-        // Not cancelled on close: the server would still complete an
+        // Not abandoned on close: the server would still complete an
         // abandoned blocking read and give entries to this consumer after
-        // closing handed its entries back. The read lasts at most until the
-        // next housekeeping (250 ms by default).
+        // closing handed its entries back. Closing unblocks it instead.
+        if shared.is_stopped() {
+            return;
+        }
         let reply = cmd.query_async::<Value>(c).await;
         if shared.is_stopped() {
             // What it read stays pending for this consumer: closing hands it back.

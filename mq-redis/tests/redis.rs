@@ -353,3 +353,47 @@ async fn unknown_option_is_a_clear_error() {
     );
     assert!(!text.contains(":pw@"));
 }
+
+/// Issue 13, defect 9: closing waited for the blocking read in flight (up
+/// to `block_ms`); it cuts the read short now, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_cuts_a_blocking_read_short_and_loses_nothing() {
+    // Reads block for 10 s, housekeeping every 10 s: a close that waited
+    // for the read would take seconds.
+    let broker = common::redis_broker("block_ms=10000&claim_interval_ms=10000").await;
+    let topic = topic("close-fast");
+    let group = mq_core::testkit::group_for(&topic, "g");
+    let producer = broker
+        .producer(ProducerOptions::default())
+        .await
+        .expect("producer");
+    let mut sent = HashSet::new();
+    let mut got = HashSet::new();
+    let mut slowest = Duration::ZERO;
+    for round in 0..5 {
+        let mut consumer = broker
+            .subscribe(Subscription::new(&topic, &group))
+            .await
+            .expect("subscribe");
+        let id = producer
+            .send(&topic, Message::new(format!("{round}")))
+            .await
+            .expect("send")
+            .id;
+        sent.insert(id);
+        let d = expect_delivery(consumer.as_mut(), "this round's message").await;
+        got.insert(d.message().id.clone());
+        d.ack().await.expect("ack");
+        // Give the reader time to block again, then close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        consumer.close().await.expect("close");
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("redis: the slowest of 5 closes took {slowest:?} (reads block for 10 s)");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "close waited for the blocking read: {slowest:?}"
+    );
+    assert_eq!(got, sent, "every message of every round was delivered");
+}
