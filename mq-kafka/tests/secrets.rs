@@ -18,7 +18,7 @@ const PASSWORD: &str = "pw-7f3a9c-never-shown";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_never_show_the_password() {
-    let logs = CapturedLogs::install();
+    let logs = CapturedLogs::global();
     let mock = Mock::start();
     let url = format!(
         "kafka://{}?{MOCK_OPTIONS}&rdkafka.security.protocol=sasl_plaintext&rdkafka.sasl.mechanism=PLAIN\

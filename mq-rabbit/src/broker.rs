@@ -146,14 +146,17 @@ impl Inner {
         {
             return Ok((*generation, c.clone()));
         }
+        // `connect_timeout` bounds the whole of it, every try included.
+        let bound = self.config.options.connect_timeout();
         let started = Instant::now();
+        let deadline = started + bound;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let props = ConnectionProperties::default()
                 .with_connection_name(self.config.options.connection_name.as_str().into());
-            let timeout = self.config.options.connect_timeout();
-            let result = tokio::time::timeout(timeout, Connection::connect(&self.config.uri(), props)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = tokio::time::timeout(left, Connection::connect(&self.config.uri(), props)).await;
             let err = match result {
                 Ok(Ok(c)) => {
                     let c = Arc::new(c);
@@ -168,15 +171,17 @@ impl Inner {
                 Err(_) => Error::Connection {
                     backend: "rabbitmq",
                     endpoint: self.endpoint.clone(),
-                    reason: format!("no connection within {timeout:?}"),
+                    reason: format!("no connection within {bound:?} (connect_timeout_ms; tries: {attempt})"),
                     source: None,
                 },
             };
-            if matches!(err, Error::Auth { .. }) {
+            // Only a failure to reach the server may heal: refused
+            // credentials, a missing virtual host and the like do not.
+            if !matches!(err, Error::Connection { .. }) {
                 return Err(err);
             }
             match self.retry.next_delay(attempt, started.elapsed(), &err) {
-                Some(delay) if !self.is_closed() => {
+                Some(delay) if !self.is_closed() && Instant::now() + delay < deadline => {
                     tracing::warn!(endpoint = %self.endpoint, error = %err, attempt, "connecting to RabbitMQ failed; trying again");
                     tokio::time::sleep(delay).await;
                 }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 /// | `prefetch` | cap on every consumer's prefetch (`basic_qos`) | none |
 /// | `max_message_bytes` | largest message accepted | 134217728 |
 /// | `connection_name` | shown in the management UI | `mq` |
-/// | `connect_timeout_ms` | time to connect (each try) | 5000 |
+/// | `connect_timeout_ms` | time to connect, all tries together | 5000 |
 /// | `retries` | tries again after a lost connection, per operation | 5 |
 /// | `heartbeat` | heartbeat interval in seconds (0: off) | server's |
 ///

@@ -16,7 +16,7 @@ const WRONG: &str = "pw-wrong-90c4e7";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_never_show_the_password() {
-    let logs = CapturedLogs::install();
+    let logs = CapturedLogs::global();
     let server = common::server::Server::with_password(RIGHT);
     let mut registry = Registry::new();
     mq_redis::register(&mut registry);

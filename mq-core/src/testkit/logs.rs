@@ -18,18 +18,24 @@ pub struct CapturedLogs {
 }
 
 impl CapturedLogs {
-    /// Installs a new capture as the process's global subscriber.
+    /// The process's capture: installed as the global subscriber on the
+    /// first call, the same one after.
     ///
     /// # Panics
     ///
-    /// When the process already has a global subscriber: run the test that
-    /// uses this in a test binary of its own.
-    pub fn install() -> CapturedLogs {
-        let capture = CapturedLogs::default();
-        #[allow(clippy::expect_used)]
-        tracing::subscriber::set_global_default(capture.clone())
-            .expect("no other global tracing subscriber in this test binary");
-        capture
+    /// When the process has another global subscriber: run the tests that
+    /// use this in a test binary of their own.
+    pub fn global() -> CapturedLogs {
+        static GLOBAL: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let capture = CapturedLogs::default();
+                #[allow(clippy::expect_used)]
+                tracing::subscriber::set_global_default(capture.clone())
+                    .expect("no other global tracing subscriber in this test binary");
+                capture
+            })
+            .clone()
     }
 
     /// The lines captured so far.
