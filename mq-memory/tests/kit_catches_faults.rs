@@ -17,6 +17,9 @@ enum Fault {
     DropHeaders,
     RequeueLosesMessage,
     CloseIgnored,
+    /// `recv` awaits something after taking a delivery: a cancelled `recv`
+    /// loses it.
+    CancelUnsafe,
 }
 
 #[derive(Debug)]
@@ -90,6 +93,9 @@ impl Consumer for FaultyConsumer {
         let Some(d) = self.inner.recv().await? else {
             return Ok(None);
         };
+        if self.fault == Fault::CancelUnsafe {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let (message, attempt) = (d.message().clone(), d.attempt());
         let (topic, group) = (d.topic().into(), d.group().into());
         let handle = FaultyAck {
@@ -176,4 +182,10 @@ async fn kit_catches_a_requeue_that_loses_the_message() {
 async fn kit_catches_a_close_that_does_nothing() {
     assert!(!fails(Fault::None, testkit::recv_after_close_returns_none).await);
     assert!(fails(Fault::CloseIgnored, testkit::recv_after_close_returns_none).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kit_catches_a_recv_that_is_not_cancel_safe() {
+    assert!(!fails(Fault::None, testkit::cancelled_recv_loses_nothing).await);
+    assert!(fails(Fault::CancelUnsafe, testkit::cancelled_recv_loses_nothing).await);
 }

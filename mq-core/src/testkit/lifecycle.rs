@@ -156,3 +156,87 @@ pub async fn send_after_broker_close_is_error(broker: Arc<dyn Broker>) {
     .await;
     assert!(ended.is_ok(), "an open consumer ends after the broker closes");
 }
+
+/// `recv` is cancel safe: dropped at any point (timeouts of 0 to 5 ms, over
+/// a thousand times) while messages flow, it loses nothing and leaves the
+/// consumer working: every message sent arrives.
+pub async fn cancelled_recv_loses_nothing(broker: Arc<dyn Broker>) {
+    const ROUNDS: usize = 40;
+    const PER_ROUND: usize = 10;
+    const MIN_CANCELS: u64 = 1000;
+    let topic = unique("cancel");
+    let mut consumer = subscribe(
+        &broker,
+        Subscription::new(&topic, group_for(&topic, "g")).prefetch(25),
+    )
+    .await;
+    let producer: Arc<dyn Producer> = Arc::from(producer(&broker).await);
+    let sender = {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        tokio::spawn(async move {
+            let mut sent = HashSet::new();
+            for round in 0..ROUNDS {
+                let batch: Vec<Message> = (0..PER_ROUND)
+                    .map(|i| Message::new(format!("{round}-{i}")))
+                    .collect();
+                let receipts = producer
+                    .send_batch(&topic, batch)
+                    .await
+                    .unwrap_or_else(|e| panic!("send to {topic} failed: {e}"));
+                sent.extend(receipts.into_iter().map(|r| r.id));
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            sent
+        })
+    };
+    // A fixed sequence of cut-offs (a xorshift), the same on every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut cut = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        Duration::from_micros(x % 5_001)
+    };
+    let (mut polls, mut cancels) = (0u64, 0u64);
+    let mut got = HashSet::new();
+    let mut sent: Option<HashSet<String>> = None;
+    let mut sender = sender;
+    // The cancelled polls alone take a few seconds: room for them on a
+    // loaded machine beyond the usual bound.
+    let deadline = tokio::time::Instant::now() + wait() * 2 + Duration::from_secs(10);
+    loop {
+        if sent.is_none() && sender.is_finished() {
+            sent = Some((&mut sender).await.expect("the sender task"));
+        }
+        if let Some(sent) = &sent
+            && sent.is_subset(&got)
+            && cancels >= MIN_CANCELS
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} messages received after {polls} polls ({cancels} cancelled); sent: {:?}",
+            got.len(),
+            sent.as_ref().map(HashSet::len)
+        );
+        polls += 1;
+        match tokio::time::timeout(cut(), consumer.recv()).await {
+            Err(_) => cancels += 1,
+            Ok(Ok(Some(d))) => {
+                got.insert(d.message().id.clone());
+                ack(&d).await;
+            }
+            Ok(Ok(None)) => panic!("the consumer ended after {polls} polls"),
+            Ok(Err(e)) => panic!("recv failed after {polls} polls: {e}"),
+        }
+    }
+    let sent = sent.unwrap_or_default();
+    eprintln!(
+        "cancelled_recv_loses_nothing ({}): {} sent, {} received, {polls} polls, {cancels} cancelled",
+        broker.name(),
+        sent.len(),
+        got.len()
+    );
+    assert_eq!(sent.len(), ROUNDS * PER_ROUND);
+}

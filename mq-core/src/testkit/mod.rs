@@ -104,6 +104,7 @@ macro_rules! __mq_for_each_check {
             close_then_resubscribe_continues_without_loss,
             prefetch_bounds_unacked_in_flight,
             consumer_is_a_stream,
+            cancelled_recv_loses_nothing,
             recv_after_close_returns_none,
             send_after_broker_close_is_error,
         }
