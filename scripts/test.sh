@@ -10,6 +10,13 @@
 # listening on its default loopback port; failing that, on Debian as root,
 # it installs (apt-get) and starts one. Brokers are only provisioned for the
 # adapter crates that have tests.
+#
+# What the tests leave on a broker: on RabbitMQ a virtual host of this run's
+# own (`mq-test-<pid>-<random>`), created here and deleted when the run
+# ends; on Redis (database 15) the tests' keys, all named `*mqkit-*`, which
+# are deleted when the run ends. Nothing else on the machine's brokers is
+# flushed, deleted or restarted. Fault tests start private brokers of their
+# own on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,12 +59,17 @@ ensure_redis() {
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
     wait_port 6379 30 || die "redis-server did not start; set MQ_TEST_REDIS_URL=redis://host:port"
   fi
-  # Tests get a database of their own, emptied first: runs do not pile up
-  # streams on the machine's server.
-  if command -v redis-cli >/dev/null; then
-    redis-cli -n 15 FLUSHDB >/dev/null || die "cannot empty Redis database 15 for the tests"
-  fi
+  # The tests use database 15 and name every key `*mqkit-*`; those keys go
+  # when the run ends (nothing else is flushed: the server is shared).
   export MQ_TEST_REDIS_URL="redis://127.0.0.1:6379/15"
+  if command -v redis-cli >/dev/null; then
+    cleanups+=(cleanup_redis)
+  fi
+}
+
+cleanup_redis() {
+  redis-cli -n 15 --scan --pattern '*mqkit-*' 2>/dev/null |
+    xargs -r -n 500 redis-cli -n 15 UNLINK >/dev/null 2>&1 || true
 }
 
 ensure_rabbitmq() {
@@ -69,18 +81,37 @@ ensure_rabbitmq() {
     rabbitmq-server -detached >/dev/null 2>&1 || true
     wait_port 5672 120 || die "rabbitmq-server did not start; set MQ_TEST_AMQP_URL=amqp://user:pass@host:5672"
   fi
-  # Tests get a virtual host of their own, recreated empty: runs do not pile
-  # up queues and exchanges on the machine's server.
+  # Tests get a virtual host of this run's own, deleted when the run ends:
+  # runs do not pile up queues and exchanges on the machine's server, and
+  # nothing of anyone else's is touched.
   if command -v rabbitmqctl >/dev/null; then
-    rabbitmqctl -q delete_vhost mq-test >/dev/null 2>&1 || true
-    rabbitmqctl -q add_vhost mq-test >/dev/null || die "cannot create the RabbitMQ vhost mq-test"
-    rabbitmqctl -q set_permissions -p mq-test guest '.*' '.*' '.*' >/dev/null ||
-      die "cannot grant guest access to the vhost mq-test"
-    export MQ_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/mq-test"
+    rabbit_vhost="mq-test-$$-$RANDOM"
+    rabbitmqctl -q add_vhost "$rabbit_vhost" >/dev/null || die "cannot create the RabbitMQ vhost $rabbit_vhost"
+    cleanups+=(cleanup_rabbitmq)
+    rabbitmqctl -q set_permissions -p "$rabbit_vhost" guest '.*' '.*' '.*' >/dev/null ||
+      die "cannot grant guest access to the vhost $rabbit_vhost"
+    export MQ_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$rabbit_vhost"
   else
     export MQ_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
   fi
 }
+
+cleanup_rabbitmq() {
+  rabbitmqctl -q delete_vhost "$rabbit_vhost" >/dev/null 2>&1 || true
+}
+
+# What to undo when the run ends, however it ends.
+cleanups=()
+out=""
+on_exit() {
+  local c
+  for c in "${cleanups[@]}"; do "$c"; done
+  [[ -n $out ]] && rm -f "$out"
+  return 0
+}
+trap on_exit EXIT
+
+started=$SECONDS
 
 # rdkafka builds its bundled librdkafka: a C compiler and make.
 if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
@@ -103,8 +134,11 @@ RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --all-features --quiet
 
 log "cargo test"
 out="$(mktemp)"
-trap 'rm -f "$out"' EXIT
-cargo test --workspace --all-features "$@" 2>&1 | tee "$out"
+# Every test binary runs, also after one fails; the run fails at the end.
+status=0
+cargo test --workspace --all-features --no-fail-fast "$@" 2>&1 | tee "$out" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+log "took $((SECONDS - started)) s"
+exit "$status"
