@@ -5,7 +5,7 @@
 //! fields, some of them the backend's own (`reserved`, such as the attempt
 //! header), with values a well-behaved producer would never write: huge,
 //! negative and non-numeric counts, far-future times, empty, oversized and
-//! non-UTF-8 bytes. The cases come from [`proptest`] strategies run with a
+//! non-UTF-8 bytes. The cases come from [`mod@proptest`] strategies run with a
 //! fixed seed, so a failing case is the same on every run.
 
 use proptest::prelude::*;
