@@ -10,7 +10,8 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
 /// A `tracing` subscriber that enables everything (TRACE included) and
-/// keeps each event and span, with all their fields, as a line of text.
+/// keeps each event and span, with all their fields, as a line of text
+/// (also printed to stderr when `MQ_TEST_ECHO_LOGS` is set).
 #[derive(Debug, Clone, Default)]
 pub struct CapturedLogs {
     lines: Arc<Mutex<Vec<String>>>,
@@ -54,6 +55,10 @@ impl CapturedLogs {
     }
 
     fn push(&self, line: String) {
+        // For a test that dies where nothing can read what it kept.
+        if std::env::var_os("MQ_TEST_ECHO_LOGS").is_some() {
+            eprintln!("{line}");
+        }
         self.lines
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

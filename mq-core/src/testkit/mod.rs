@@ -35,6 +35,7 @@ use futures::future::BoxFuture;
 use crate::{Broker, Consumer, Delivery, Message, Producer, ProducerOptions, Subscription};
 
 mod basic;
+pub mod faults;
 pub mod foreign;
 mod groups;
 mod lifecycle;

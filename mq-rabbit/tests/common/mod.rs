@@ -1,6 +1,8 @@
 //! Finding the RabbitMQ server the tests run against: `MQ_TEST_AMQP_URL`.
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
+pub(crate) mod node;
+
 use std::sync::Arc;
 
 use mq_core::{Broker, BrokerUrl};

@@ -56,6 +56,11 @@ pub(crate) async fn broker() -> Arc<dyn Broker> {
     container_broker().await
 }
 
+/// A broker connected to `url` (a server of the test's own).
+pub(crate) async fn redis_broker_at(url: &str) -> RedisBroker {
+    connect(config_for(url.to_string(), "")).await
+}
+
 /// A fresh broker with extra query options.
 pub(crate) async fn redis_broker(extra: &str) -> RedisBroker {
     connect(config(extra)).await

@@ -12,6 +12,7 @@ pub(crate) struct Server {
     pub(crate) port: u16,
     dir: PathBuf,
     password: Option<String>,
+    args: Vec<String>,
 }
 
 /// A free loopback port (free when this returns; the server binds it next).
@@ -33,17 +34,30 @@ impl Server {
         Server::start_with(Some(password.to_string()))
     }
 
+    /// Starts a server with extra command-line settings.
+    pub(crate) fn with_args(args: &[&str]) -> Server {
+        let mut server = Server::new(None);
+        server.args = args.iter().map(|a| (*a).to_string()).collect();
+        server.run();
+        server
+    }
+
     fn start_with(password: Option<String>) -> Server {
+        let mut server = Server::new(password);
+        server.run();
+        server
+    }
+
+    fn new(password: Option<String>) -> Server {
         let dir = std::env::temp_dir().join(format!("mq-redis-test-{}", mq_core::new_id()));
         std::fs::create_dir_all(&dir).expect("a temp dir");
-        let mut server = Server {
+        Server {
             child: None,
             port: free_port(),
             dir,
             password,
-        };
-        server.run();
-        server
+            args: Vec::new(),
+        }
     }
 
     fn run(&mut self) {
@@ -61,6 +75,7 @@ impl Server {
         if let Some(password) = &self.password {
             cmd.args(["--requirepass", password]);
         }
+        cmd.args(&self.args);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())

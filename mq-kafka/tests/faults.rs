@@ -1,0 +1,67 @@
+//! The fault suite on Kafka: on librdkafka's mock cluster (3 brokers), the
+//! leader of a partition taken down and brought back, twice, while 100
+//! publishers send 10,000 messages and two consumers of one group receive
+//! (one under 500 ms `recv` timeouts, one awaiting `recv`). No confirmed
+//! message may be lost.
+
+#![allow(clippy::expect_used)] // test helpers panic on failure by design
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{MOCK_OPTIONS, Mock, config, connect};
+use mq_core::testkit::faults::{FaultPlan, traffic_through_faults};
+use mq_core::testkit::{group_for, unique};
+use mq_core::{Broker, Message, ProducerOptions, Subscription};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirmed_sends_survive_the_partition_leader_going_down_twice() {
+    let mock = Mock::start();
+    let broker: Arc<dyn Broker> = Arc::new(connect(config(mock.servers(), MOCK_OPTIONS)).await);
+    let topic = unique("faults");
+    // The topic exists, with leaders, before the traffic.
+    broker
+        .producer(ProducerOptions::default())
+        .await
+        .expect("producer")
+        .send(&topic, Message::new("warm-up"))
+        .await
+        .expect("warm-up send");
+    let sub = Subscription::new(&topic, group_for(&topic, "g")).prefetch(100);
+    let plan = FaultPlan {
+        sends: 10_000,
+        publishers: 100,
+        pace: Duration::from_millis(20),
+        faults_at: vec![0.3, 0.65],
+        bound: Duration::from_secs(240),
+    };
+    let cluster = || mock.cluster();
+    let report = traffic_through_faults(broker.clone(), sub, plan, |i| {
+        // Broker i + 1 leads partition 0, then goes down for a second and
+        // comes back.
+        let leader = i32::try_from(i).expect("a small index") % 3 + 1;
+        cluster()
+            .partition_leader(&topic, 0, Some(leader))
+            .expect("partition_leader");
+        cluster().broker_down(leader).expect("broker_down");
+        eprintln!(
+            "kafka: fault {}: broker {leader}, the leader of partition 0, down",
+            i + 1
+        );
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster().broker_up(leader).expect("broker_up");
+        }
+    })
+    .await;
+    eprintln!("kafka fault suite: {report}");
+    assert_eq!(report.confirmed_lost, 0, "{report}");
+    assert!(report.confirmed > 0, "{report}");
+    assert!(
+        report.after_faults.0 > 0 && report.after_faults.1 > 0,
+        "both consumers kept receiving after the faults: {report}"
+    );
+    broker.close().await.expect("close");
+}
