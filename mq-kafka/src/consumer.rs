@@ -1019,6 +1019,13 @@ impl KafkaConsumer {
         if client.get("fetch.wait.max.ms").is_none() {
             client.set("fetch.wait.max.ms", FETCH_WAIT_MS);
         }
+        // librdkafka's own read-ahead follows the prefetch (it is 64 MiB
+        // and 100,000 messages by default, whatever the prefetch).
+        for (property, value) in queue_bounds(sub.prefetch) {
+            if client.get(property).is_none() {
+                client.set(property, value);
+            }
+        }
         let consumer: BaseConsumer<Ctx> = client
             .create_with_context(Ctx {
                 tracker: tracker.clone(),
@@ -1087,6 +1094,19 @@ impl KafkaConsumer {
 
 /// `fetch.wait.max.ms` unless the application sets it.
 const FETCH_WAIT_MS: &str = "100";
+
+/// librdkafka's read-ahead queue for a prefetch of `prefetch` messages
+/// (each bound unless the application sets it): 16 KiB a prefetch slot
+/// (1 to 64 MiB; librdkafka lowers `fetch.max.bytes` to it, but not under
+/// `message.max.bytes`), and at least 4 times the prefetch in messages.
+fn queue_bounds(prefetch: usize) -> [(&'static str, String); 2] {
+    let kbytes = prefetch.saturating_mul(16).clamp(1024, 65_536);
+    let messages = prefetch.saturating_mul(4).clamp(100, 100_000);
+    [
+        ("queued.max.messages.kbytes", kbytes.to_string()),
+        ("queued.min.messages", messages.to_string()),
+    ]
+}
 
 /// How long the poll thread waits for a free prefetch slot before it
 /// pauses the partitions (and goes on serving rebalances).
@@ -1523,6 +1543,16 @@ impl AckHandle for KafkaAck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn librdkafka_queue_follows_the_prefetch() {
+        let kbytes = |p| queue_bounds(p)[0].1.parse::<usize>().unwrap();
+        assert_eq!(kbytes(10), 1024, "at least 1 MiB");
+        assert_eq!(kbytes(1000), 16_000);
+        assert_eq!(kbytes(1_000_000), 65_536, "never over librdkafka's default");
+        assert_eq!(queue_bounds(10)[1].1, "100");
+        assert_eq!(queue_bounds(5000)[1].1, "20000");
+    }
 
     fn add(tracker: &Tracker, leases: &[Lease]) -> Vec<Option<u64>> {
         leases.iter().map(|l| tracker.add(l)).collect()
