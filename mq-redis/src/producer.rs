@@ -43,20 +43,54 @@ impl RedisProducer {
         let what = format!("XADD to `{key}`");
         let call = self.inner.query_pipe::<Vec<String>>(&what, &pipe);
         let ids = match self.options.send_timeout {
-            None => call.await?,
+            None => call.await,
             Some(after) => tokio::time::timeout(after, call)
                 .await
                 .map_err(|_| Error::Timeout {
                     operation: what.clone(),
                     after,
-                })??,
-        };
+                })?,
+        }
+        .map_err(|e| with_size(e, messages))?;
         let topic: Arc<str> = topic.into();
         Ok(messages
             .iter()
             .zip(ids)
             .map(|(m, id)| Receipt::new(topic.clone(), m.id.clone(), Position::Id(id)))
             .collect())
+    }
+}
+
+/// A refusal by the server (its memory limit, its bulk length limit...)
+/// names the size of what was refused, besides the key.
+fn with_size(err: Error, messages: &[Message]) -> Error {
+    match err {
+        Error::Backend {
+            backend,
+            operation,
+            reason,
+            retryable,
+            source,
+        } => {
+            let largest = messages.iter().map(Message::encoded_len).max().unwrap_or(0);
+            let total: usize = messages.iter().map(Message::encoded_len).sum();
+            let size = if messages.len() > 1 {
+                format!(
+                    "{} messages, {total} bytes, the largest {largest} bytes",
+                    messages.len()
+                )
+            } else {
+                format!("{largest} bytes")
+            };
+            Error::Backend {
+                backend,
+                operation: format!("{operation} ({size})"),
+                reason,
+                retryable,
+                source,
+            }
+        }
+        other => other,
     }
 }
 

@@ -397,3 +397,27 @@ async fn close_cuts_a_blocking_read_short_and_loses_nothing() {
     );
     assert_eq!(got, sent, "every message of every round was delivered");
 }
+
+/// Issue 13, defect 11: a message the server refuses (here over its memory
+/// limit) is an error naming the key and the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_names_the_key_and_its_size() {
+    let server =
+        common::server::Server::with_args(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let broker = common::redis_broker_at(&server.url()).await;
+    let topic = topic("refused");
+    let producer = broker
+        .producer(ProducerOptions::default())
+        .await
+        .expect("producer");
+    let err = producer
+        .send(&topic, Message::new(vec![7u8; 3_000_000]))
+        .await
+        .expect_err("over the server's memory limit");
+    let text = err.to_string();
+    assert!(text.contains(&format!("mq:{topic}")), "names the key: {text}");
+    assert!(
+        text.contains("bytes") && text.contains("3000"),
+        "names the size: {text}"
+    );
+}
