@@ -23,6 +23,13 @@ pub type Headers = BTreeMap<String, String>;
 /// * `payload` is any bytes, UTF-8 or not.
 /// * `timestamp` is the creation time, kept to the millisecond.
 ///
+/// Text from strangers: the id, key and header names and values are text.
+/// A message another program wrote onto a broker's wire with bytes there
+/// that are not UTF-8 is still delivered, every backend replacing each
+/// invalid sequence with U+FFFD (`String::from_utf8_lossy`); only the
+/// payload keeps its bytes exactly. A producer that needs binary metadata
+/// encodes it (base64, hex) or puts it in the payload.
+///
 /// # Examples
 ///
 /// ```

@@ -92,7 +92,8 @@ async fn far_future_due_headers_on_the_topic_do_not_stall_the_consumer() {
     let raw = raw_producer(&servers);
     let far = [vec![
         (b"mq-due".to_vec(), b"253402300799000".to_vec()),
-        (b"p".to_vec(), b"from the future".to_vec()),
+        (b"odd".to_vec(), b"v\xff".to_vec()),
+        (b"p".to_vec(), b"from the future\xfe".to_vec()),
     ]];
     for i in 0..PREFETCH * 3 {
         produce(&raw, &topic, i, &far[0]).await;
@@ -121,6 +122,15 @@ async fn far_future_due_headers_on_the_topic_do_not_stall_the_consumer() {
                 d.message().headers.get("mq-due").map(String::as_str),
                 Some("253402300799000"),
                 "a stranger's header is kept as it came"
+            );
+            assert_eq!(
+                d.message().headers.get("odd").map(String::as_str),
+                Some("v\u{fffd}"),
+                "bytes that are not UTF-8 become U+FFFD in headers"
+            );
+            assert!(
+                d.message().payload.ends_with(b"\xfe"),
+                "the payload keeps its bytes"
             );
             seen.insert(case);
         }

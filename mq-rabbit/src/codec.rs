@@ -139,6 +139,19 @@ mod tests {
     }
 
     #[test]
+    fn bytes_that_are_not_utf8_become_replacement_characters() {
+        let mut table = FieldTable::default();
+        table.insert(
+            "h".into(),
+            AMQPValue::LongString(LongString::from(b"v\xff".to_vec())),
+        );
+        let props = BasicProperties::default().with_headers(table);
+        let (message, _) = decode(&props, b"\xfe".to_vec(), false);
+        assert_eq!(message.headers.get("h").map(String::as_str), Some("v\u{fffd}"));
+        assert_eq!(&message.payload[..], b"\xfe", "the payload keeps its bytes");
+    }
+
+    #[test]
     fn foreign_attempt_counts_never_overflow() {
         for (attempt, count, want) in [
             (AMQPValue::LongString("4294967295".into()), 5, u32::MAX),

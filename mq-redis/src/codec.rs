@@ -174,6 +174,28 @@ pub(crate) fn pending_reply(v: &Value) -> Vec<(String, u32)> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn bytes_that_are_not_utf8_become_replacement_characters() {
+        let entry = decode(
+            "1-0".into(),
+            vec![
+                (b"id".to_vec(), b"id-\xff".to_vec()),
+                (b"h:n\xfe".to_vec(), b"v\xc3".to_vec()),
+                (b"p".to_vec(), b"\xff\x00".to_vec()),
+            ],
+        );
+        assert_eq!(entry.message.id, "id-\u{fffd}");
+        assert_eq!(
+            entry.message.headers.get("n\u{fffd}").map(String::as_str),
+            Some("v\u{fffd}")
+        );
+        assert_eq!(
+            &entry.message.payload[..],
+            b"\xff\x00",
+            "the payload keeps its bytes"
+        );
+    }
+
     fn as_value(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Value {
         Value::Array(
             fields

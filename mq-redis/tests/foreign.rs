@@ -35,7 +35,7 @@ async fn foreign_entries_are_delivered_or_dead_lettered_never_dropped() {
 
     // mq's own fields (id, key, time, attempt, payload, a header) among
     // random ones; the case number last, so it wins over a random twin.
-    let cases = foreign_cases(CASES, &["i", "k", "t", "a", "p", "h:x", "h:"]);
+    let cases = foreign_cases(CASES, &["id", "k", "t", "a", "p", "h:x", "h:"]);
     let mut conn = redis::Client::open(common::url())
         .expect("test URL")
         .get_multiplexed_async_connection()
