@@ -1064,7 +1064,23 @@ impl KafkaConsumer {
             .name(format!("mq-kafka {}", shared.group))
             .spawn(move || {
                 let _ = poller.poller.set(std::thread::current());
-                poll_loop(&poller, &tx);
+                // A panic here (a librdkafka surprise) is told to `recv` as
+                // an error, never taken for a clean end.
+                let polled =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&poller, &tx)));
+                if let Err(panic) = polled {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    let _ = tx.try_send(Handed::Failed(Error::backend(
+                        "kafka",
+                        format!("consume `{}`", poller.topic),
+                        format!("the consumer's poll thread failed ({what}); subscribe again"),
+                    )));
+                }
+                drop(tx);
                 leave(&poller);
                 poller.left();
                 let _ = done_tx.send(());
@@ -1373,7 +1389,16 @@ impl Consumer for KafkaConsumer {
             }
             let next_due = self.delayed.peek().map(|d| d.due.saturating_sub(now));
             if self.ended && next_due.is_none() {
-                return Ok(None);
+                if self.shared.inner.is_closed() {
+                    return Ok(None);
+                }
+                // The poll thread ends on close only: ending otherwise is a
+                // failure, never taken for a clean end.
+                return Err(Error::backend(
+                    "kafka",
+                    format!("consume `{}`", self.shared.topic),
+                    "the consumer's poll thread stopped; subscribe again",
+                ));
             }
             // Cancel-safe: a batch is taken whole, or stays in the channel.
             tokio::select! {

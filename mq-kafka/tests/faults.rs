@@ -15,6 +15,7 @@ use common::{MOCK_OPTIONS, Mock, config, connect};
 use mq_core::testkit::faults::{FaultPlan, traffic_through_faults};
 use mq_core::testkit::{group_for, unique};
 use mq_core::{Broker, Message, ProducerOptions, Subscription};
+use rdkafka::mocking::MockCoordinator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn confirmed_sends_survive_the_partition_leader_going_down_twice() {
@@ -29,7 +30,16 @@ async fn confirmed_sends_survive_the_partition_leader_going_down_twice() {
         .send(&topic, Message::new("warm-up"))
         .await
         .expect("warm-up send");
-    let sub = Subscription::new(&topic, group_for(&topic, "g")).prefetch(100);
+    let group = group_for(&topic, "g");
+    // The group's coordinator is broker 3, which stays up: the faults are
+    // partition leaders going away. (With the coordinator among the
+    // brokers taken down, one run in about 90 aborted in librdkafka while
+    // the consumers closed: `rd_kafka_cgrp_terminated: assert:
+    // !rd_kafka_assignment_in_progress`, upstream issue 4027.)
+    mock.cluster()
+        .coordinator(MockCoordinator::Group(format!("{topic}.{group}")), 3)
+        .expect("coordinator");
+    let sub = Subscription::new(&topic, &group).prefetch(100);
     let plan = FaultPlan {
         sends: 10_000,
         publishers: 100,
@@ -39,9 +49,9 @@ async fn confirmed_sends_survive_the_partition_leader_going_down_twice() {
     };
     let cluster = || mock.cluster();
     let report = traffic_through_faults(broker.clone(), sub, plan, |i| {
-        // Broker i + 1 leads partition 0, then goes down for a second and
-        // comes back.
-        let leader = i32::try_from(i).expect("a small index") % 3 + 1;
+        // Broker i + 1 (1, then 2) leads partition 0, then goes down for a
+        // second and comes back.
+        let leader = i32::try_from(i).expect("a small index") % 2 + 1;
         cluster()
             .partition_leader(&topic, 0, Some(leader))
             .expect("partition_leader");
