@@ -107,6 +107,7 @@ on_exit() {
   local c
   for c in "${cleanups[@]}"; do "$c"; done
   [[ -n $out ]] && rm -f "$out"
+  [[ -n ${MQ_TEST_REPORT_DIR:-} ]] && rm -rf "$MQ_TEST_REPORT_DIR"
   return 0
 }
 trap on_exit EXIT
@@ -134,9 +135,16 @@ RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --all-features --quiet
 
 log "cargo test"
 out="$(mktemp)"
+# Figures the tests measured (fault suites, timings), printed at the end.
+MQ_TEST_REPORT_DIR="$(mktemp -d)"
+export MQ_TEST_REPORT_DIR
 # Every test binary runs, also after one fails; the run fails at the end.
 status=0
 cargo test --workspace --all-features --no-fail-fast "$@" 2>&1 | tee "$out" || status=$?
+if [[ -s $MQ_TEST_REPORT_DIR/report.txt ]]; then
+  log "figures the tests measured"
+  sort "$MQ_TEST_REPORT_DIR/report.txt"
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"

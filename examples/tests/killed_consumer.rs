@@ -107,11 +107,11 @@ async fn killed_holder_hands_its_deliveries_to_the_group(url: &str) {
         got.insert(d.message().id.clone());
         d.ack().await.expect("ack");
     }
-    eprintln!(
+    mq_core::testkit::report(&format!(
         "{}: the {HELD} deliveries a SIGKILLed consumer held reached the group's other consumer {:.2?} after the kill",
         broker.name(),
         killed_at.elapsed()
-    );
+    ));
     assert_eq!(got, sent);
     survivor.close().await.expect("close");
 }

@@ -66,7 +66,7 @@ async fn confirmed_sends_survive_the_partition_leader_going_down_twice() {
         }
     })
     .await;
-    eprintln!("kafka fault suite: {report}");
+    mq_core::testkit::report(&format!("kafka fault suite: {report}"));
     assert_eq!(report.confirmed_lost, 0, "{report}");
     assert!(report.confirmed > 0, "{report}");
     assert!(

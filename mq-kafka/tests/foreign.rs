@@ -170,7 +170,7 @@ async fn foreign_records_are_delivered_or_dead_lettered_never_dropped() {
         Duration::from_secs(90),
     )
     .await;
-    eprintln!("kafka: {CASES} foreign records: {tally:?}");
+    mq_core::testkit::report(&format!("kafka: {CASES} foreign records: {tally:?}"));
     assert_eq!(tally.delivered + tally.dead_lettered, CASES);
     assert!(
         tally.dead_lettered >= 1,

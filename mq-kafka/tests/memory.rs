@@ -59,7 +59,7 @@ async fn a_slow_consumer_holds_memory_by_its_prefetch() {
         report.push((prefetch, grown));
         consumer.close().await.expect("close");
     }
-    eprintln!(
+    mq_core::testkit::report(&format!(
         "kafka: resident memory a slow consumer added over {} MiB of {SIZE}-byte messages: {}",
         (MESSAGES * SIZE) >> 20,
         report
@@ -67,7 +67,7 @@ async fn a_slow_consumer_holds_memory_by_its_prefetch() {
             .map(|(p, kib)| format!("prefetch {p}: {:.1} MiB", *kib as f64 / 1024.0))
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    ));
     let (_, small) = report[0];
     assert!(
         small < 8 * 1024,

@@ -60,11 +60,11 @@ async fn wrong_credentials_never_show_the_password() {
     }
     let lines = logs.lines();
     let leaks: Vec<&String> = lines.iter().filter(|l| l.contains(PASSWORD)).collect();
-    eprintln!(
+    mq_core::testkit::report(&format!(
         "kafka: {} log lines captured at TRACE, the password in {} of them",
         lines.len(),
         leaks.len()
-    );
+    ));
     assert!(leaks.is_empty(), "the password shows in log lines: {leaks:?}");
     assert!(
         lines.iter().any(|l| l.contains("rdkafka")),

@@ -26,11 +26,11 @@ async fn confirmed_sends_survive_two_sigkills_of_the_node() {
             .await
             .expect("start a node"),
     );
-    eprintln!(
+    mq_core::testkit::report(&format!(
         "rabbitmq: a node of the test's own on port {} in {:.1?}",
         node.port,
         started.elapsed()
-    );
+    ));
     let config = RabbitConfig::from_url(&BrokerUrl::parse(&node.url()).expect("URL")).expect("config");
     let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::connect(config).await.expect("connect to the node"));
     let topic = unique("faults");
@@ -49,15 +49,15 @@ async fn confirmed_sends_survive_two_sigkills_of_the_node() {
             tokio::task::spawn_blocking(move || node.restart())
                 .await
                 .expect("restart the node");
-            eprintln!(
+            mq_core::testkit::report(&format!(
                 "rabbitmq: SIGKILL and start {} took {:.1?}",
                 i + 1,
                 began.elapsed()
-            );
+            ));
         }
     })
     .await;
-    eprintln!("rabbitmq fault suite: {report}");
+    mq_core::testkit::report(&format!("rabbitmq fault suite: {report}"));
     assert_eq!(report.confirmed_lost, 0, "{report}");
     assert!(report.confirmed > 0, "{report}");
     assert!(

@@ -135,7 +135,7 @@ async fn foreign_messages_are_delivered_or_dead_lettered_never_dropped() {
         Duration::from_secs(60),
     )
     .await;
-    eprintln!("rabbitmq: {CASES} foreign messages: {tally:?}");
+    mq_core::testkit::report(&format!("rabbitmq: {CASES} foreign messages: {tally:?}"));
     assert_eq!(tally.delivered + tally.dead_lettered, CASES);
     assert!(
         tally.dead_lettered >= 1,

@@ -81,11 +81,11 @@ async fn wrong_credentials_never_show_the_password() {
         .iter()
         .filter(|l| l.contains(WRONG) || (!right.is_empty() && l.contains(&right)))
         .collect();
-    eprintln!(
+    mq_core::testkit::report(&format!(
         "rabbitmq: {} log lines captured at TRACE, a password in {} of them",
         lines.len(),
         leaks.len()
-    );
+    ));
     assert!(leaks.is_empty(), "a password shows in log lines: {leaks:?}");
     assert!(
         lines.iter().any(|l| l.contains("lapin")),
@@ -150,7 +150,7 @@ async fn a_silent_port_is_given_up_within_the_connect_timeout() {
     let started = std::time::Instant::now();
     let err = registry.connect(&url).await.expect_err("nothing answers");
     let took = started.elapsed();
-    eprintln!("rabbitmq: a silent port gave up after {took:?}: {err}");
+    mq_core::testkit::report(&format!("rabbitmq: a silent port gave up after {took:?}: {err}"));
     assert!(matches!(err, Error::Connection { .. }), "{err:?}");
     assert!(err.to_string().contains("1s"), "{err}");
     assert!(

@@ -50,7 +50,7 @@ async fn confirmed_sends_survive_two_sigkills_of_the_server() {
         }
     })
     .await;
-    eprintln!("redis fault suite: {report}");
+    mq_core::testkit::report(&format!("redis fault suite: {report}"));
     assert_eq!(report.confirmed_lost, 0, "{report}");
     assert!(report.confirmed > 0, "{report}");
     assert!(

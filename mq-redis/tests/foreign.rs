@@ -65,7 +65,9 @@ async fn foreign_entries_are_delivered_or_dead_lettered_never_dropped() {
         Duration::from_secs(60),
     )
     .await;
-    eprintln!("redis: {CASES} foreign entries ({huge} claiming attempt 4294967295): {tally:?}");
+    mq_core::testkit::report(&format!(
+        "redis: {CASES} foreign entries ({huge} claiming attempt 4294967295): {tally:?}"
+    ));
     assert_eq!(tally.delivered + tally.dead_lettered, CASES);
     assert!(
         tally.dead_lettered >= 1,

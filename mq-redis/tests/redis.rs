@@ -390,7 +390,9 @@ async fn close_cuts_a_blocking_read_short_and_loses_nothing() {
         consumer.close().await.expect("close");
         slowest = slowest.max(started.elapsed());
     }
-    eprintln!("redis: the slowest of 5 closes took {slowest:?} (reads block for 10 s)");
+    mq_core::testkit::report(&format!(
+        "redis: the slowest of 5 closes took {slowest:?} (reads block for 10 s)"
+    ));
     assert!(
         slowest < Duration::from_secs(3),
         "close waited for the blocking read: {slowest:?}"

@@ -79,11 +79,11 @@ async fn wrong_credentials_never_show_the_password() {
         .iter()
         .filter(|l| l.contains(RIGHT) || l.contains(WRONG))
         .collect();
-    eprintln!(
+    mq_core::testkit::report(&format!(
         "redis: {} log lines captured at TRACE, a password in {} of them",
         lines.len(),
         leaks.len()
-    );
+    ));
     assert!(leaks.is_empty(), "a password shows in log lines: {leaks:?}");
     assert!(
         !lines.is_empty(),

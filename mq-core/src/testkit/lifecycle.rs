@@ -232,11 +232,11 @@ pub async fn cancelled_recv_loses_nothing(broker: Arc<dyn Broker>) {
         }
     }
     let sent = sent.unwrap_or_default();
-    eprintln!(
+    report(&format!(
         "cancelled_recv_loses_nothing ({}): {} sent, {} received, {polls} polls, {cancels} cancelled",
         broker.name(),
         sent.len(),
         got.len()
-    );
+    ));
     assert_eq!(sent.len(), ROUNDS * PER_ROUND);
 }

@@ -211,6 +211,21 @@ impl<G: Send + Sync + std::fmt::Debug + 'static> Broker for Owning<G> {
 
 // ---- helpers shared by the checks ----
 
+/// Prints a figure a test measured (a fault suite's counts, a time), and
+/// when `MQ_TEST_REPORT_DIR` is set appends it to `report.txt` there:
+/// `scripts/test.sh` prints that file at the end of a run, since the test
+/// runner hides what passing tests print.
+pub fn report(line: &str) {
+    use std::io::Write as _;
+    eprintln!("{line}");
+    if let Some(dir) = std::env::var_os("MQ_TEST_REPORT_DIR") {
+        let path = std::path::Path::new(&dir).join("report.txt");
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
 /// A fresh topic name, unique across runs: `mqkit-{what}-{random}`.
 pub fn unique(what: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
