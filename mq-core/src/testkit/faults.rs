@@ -60,6 +60,21 @@ impl std::fmt::Display for FaultReport {
     }
 }
 
+impl FaultReport {
+    /// Reports the run as `what` and asserts that no confirmed message was
+    /// lost, that sends were confirmed, and that both consumers (never made
+    /// anew) kept receiving after the last fault.
+    pub fn assert_nothing_lost(&self, what: &str) {
+        super::report(&format!("{what}: {self}"));
+        assert_eq!(self.confirmed_lost, 0, "{what}: {self}");
+        assert!(self.confirmed > 0, "{what}: {self}");
+        assert!(
+            self.after_faults.0 > 0 && self.after_faults.1 > 0,
+            "{what}: both consumers kept receiving after the faults: {self}"
+        );
+    }
+}
+
 /// What the run is to do.
 #[derive(Debug, Clone)]
 pub struct FaultPlan {

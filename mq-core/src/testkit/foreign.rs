@@ -182,3 +182,34 @@ pub async fn account_for(
     }
     tally
 }
+
+impl Tally {
+    /// Reports the tally as `what` and asserts every one of `cases` was
+    /// delivered or dead-lettered, some of them dead-lettered (the cases
+    /// that claim a huge attempt).
+    pub fn assert_all_accounted(&self, what: &str, cases: usize) {
+        super::report(&format!("{what}: {self:?}"));
+        assert_eq!(self.delivered + self.dead_lettered, cases, "{what}: {self:?}");
+        assert!(
+            self.dead_lettered >= 1,
+            "{what}: cases claiming a huge attempt are dead-lettered once settled otherwise than by an ack"
+        );
+    }
+}
+
+/// After the strangers, a message mq itself sends to `topic` still reaches
+/// `consumer`.
+pub async fn still_delivers(broker: &dyn crate::Broker, consumer: &mut dyn crate::Consumer, topic: &str) {
+    let producer = broker
+        .producer(crate::ProducerOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{}: cannot create a producer: {e}", broker.name()));
+    let id = producer
+        .send(topic, crate::Message::new("after the strangers"))
+        .await
+        .unwrap_or_else(|e| panic!("send to {topic} failed: {e}"))
+        .id;
+    let d = super::expect_delivery(consumer, "a normal message after the foreign ones").await;
+    assert_eq!(d.message().id, id);
+    super::ack(&d).await;
+}

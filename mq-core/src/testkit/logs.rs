@@ -54,6 +54,27 @@ impl CapturedLogs {
             .count()
     }
 
+    /// Reports how many lines were captured and asserts none holds any of
+    /// `secrets` nor lacks a line with `proof` (a sign that the client
+    /// library's own logs were captured, else the check proves nothing).
+    pub fn assert_never_show(&self, what: &str, secrets: &[&str], proof: &str) {
+        let lines = self.lines();
+        let leaks: Vec<&String> = lines
+            .iter()
+            .filter(|l| secrets.iter().any(|s| !s.is_empty() && l.contains(s)))
+            .collect();
+        super::report(&format!(
+            "{what}: {} log lines captured at TRACE, a secret in {} of them",
+            lines.len(),
+            leaks.len()
+        ));
+        assert!(leaks.is_empty(), "{what}: a secret shows in log lines: {leaks:?}");
+        assert!(
+            lines.iter().any(|l| l.contains(proof)),
+            "{what}: no captured line holds `{proof}` (else this check proves nothing)"
+        );
+    }
+
     fn push(&self, line: String) {
         // For a test that dies where nothing can read what it kept.
         if std::env::var_os("MQ_TEST_ECHO_LOGS").is_some() {
