@@ -4,7 +4,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, Consumer, Producer, ProducerOptions, Result, Subscription};
+use crate::{Capabilities, Consumer, Error, Health, Producer, ProducerOptions, Result, Subscription};
 
 /// A connection to a message broker: makes producers and consumers.
 ///
@@ -55,6 +55,23 @@ pub trait Broker: Send + Sync + fmt::Debug {
     /// [`Error::Closed`](crate::Error::Closed) after close; invalid topic or
     /// group names; connection errors.
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>>;
+
+    /// A cheap round trip to the backend: whether it answers, and how fast
+    /// (a PING, a passive declaration, a metadata request...), for
+    /// readiness checks. It reconnects first where the backend would.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after close; [`Error::Connection`] or
+    /// [`Error::Timeout`] when the backend does not answer;
+    /// [`Error::Unsupported`] for a backend that has no probe (the
+    /// default).
+    async fn health(&self) -> Result<Health> {
+        Err(Error::Unsupported {
+            backend: self.name(),
+            feature: "health".into(),
+        })
+    }
 
     /// Closes the broker: producers fail with `Closed`, consumers end.
     /// Closing twice is a no-op.

@@ -11,8 +11,8 @@ use mq_core::backend::{Charset, NameLimits};
 
 use crate::hand_back::Closing;
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
-    Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
+    Result, Subscription,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -63,6 +63,9 @@ impl std::fmt::Debug for Inner {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a health probe waits for the cluster's metadata.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long connecting waits for the cluster's metadata.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,6 +285,25 @@ impl Broker for KafkaBroker {
         Ok(Box::new(
             KafkaConsumer::start(self.inner.clone(), subscription, false).await?,
         ))
+    }
+
+    /// A metadata request through the producer's client (on a blocking
+    /// thread), bounded by 10 s.
+    async fn health(&self) -> Result<Health> {
+        self.inner.check_open()?;
+        let inner = self.inner.clone();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            inner
+                .producer
+                .client()
+                .fetch_metadata(None, HEALTH_TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| map(e, "health probe (metadata)", inner.endpoint()))
+        })
+        .await
+        .map_err(|e| Error::backend("kafka", "health probe", e.to_string()))??;
+        Ok(Health::new("kafka", self.inner.endpoint(), started.elapsed()))
     }
 
     async fn close(&self) -> Result<()> {

@@ -7,8 +7,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
-    Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
+    Result, Subscription,
 };
 
 use crate::MemoryConfig;
@@ -226,6 +226,14 @@ impl Broker for MemoryBroker {
             group,
             id,
         )))
+    }
+
+    /// Always answers at once while open: there is no server.
+    async fn health(&self) -> Result<Health> {
+        if self.inner.is_closed() {
+            return Err(Error::closed("memory broker"));
+        }
+        Ok(Health::new("memory", "memory://", std::time::Duration::ZERO))
     }
 
     async fn close(&self) -> Result<()> {

@@ -69,6 +69,9 @@ impl Broker for Faulty {
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }
+    async fn health(&self) -> Result<mq_core::Health> {
+        self.inner.health().await
+    }
 }
 
 #[async_trait]

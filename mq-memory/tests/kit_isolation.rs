@@ -37,6 +37,9 @@ impl Broker for Recording {
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }
+    async fn health(&self) -> Result<mq_core::Health> {
+        self.inner.health().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

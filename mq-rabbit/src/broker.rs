@@ -14,8 +14,8 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use mq_core::backend::NameLimits;
 use mq_core::retry::{ExponentialBackoff, RetryPolicy};
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
-    Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
+    Result, Subscription,
 };
 use tokio::time::Instant;
 
@@ -424,6 +424,33 @@ impl Broker for RabbitBroker {
         LIMITS.check_subscription("rabbitmq", &subscription)?;
         Ok(Box::new(
             RabbitConsumer::start(self.inner.clone(), subscription).await?,
+        ))
+    }
+
+    /// A passive declaration of `amq.topic` (present in every virtual host)
+    /// on the control channel, reconnecting first if the connection was
+    /// lost (within `connect_timeout_ms`).
+    async fn health(&self) -> Result<Health> {
+        self.inner.check_open()?;
+        let started = Instant::now();
+        let (_, channel) = self.inner.control().await?;
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                "amq.topic".into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| map(e, "health probe", &self.inner.endpoint))?;
+        Ok(Health::new(
+            "rabbitmq",
+            self.inner.endpoint.clone(),
+            started.elapsed(),
         ))
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mq_core::retry::{ExponentialBackoff, RetryPolicy};
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Producer, ProducerOptions, Registry, Result,
-    StartPosition, Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
+    Result, StartPosition, Subscription,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError};
@@ -347,6 +347,19 @@ impl Broker for RedisBroker {
         let retry = inner.retry_key(&subscription.topic, &subscription.group);
         inner.create_group(&retry, &subscription.group, "0").await?;
         Ok(Box::new(RedisConsumer::start(inner.clone(), subscription)))
+    }
+
+    /// A `PING` on the shared connection (reconnecting first if it was
+    /// lost), bounded by the response timeout.
+    async fn health(&self) -> Result<Health> {
+        self.inner.check_open()?;
+        let started = std::time::Instant::now();
+        let _: String = self.inner.query_once("PING", &redis::cmd("PING")).await?;
+        Ok(Health::new(
+            "redis",
+            self.inner.endpoint.clone(),
+            started.elapsed(),
+        ))
     }
 
     async fn close(&self) -> Result<()> {

@@ -423,3 +423,32 @@ async fn a_refused_message_names_the_key_and_its_size() {
         "names the size: {text}"
     );
 }
+
+/// `health` answers while the server does, is a connection error while it
+/// is down (within the response timeout), and answers again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_server() {
+    let mut server = common::server::Server::start();
+    let broker = common::redis_broker_at(&server.url()).await;
+    let up = broker.health().await.expect("health of a live server");
+    assert_eq!(up.backend, "redis");
+    assert!(up.endpoint.contains(&server.port.to_string()), "{up}");
+    server.kill();
+    let started = Instant::now();
+    let down = broker.health().await.expect_err("the server is gone");
+    assert!(matches!(down, Error::Connection { .. }), "{down:?}");
+    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    server.restart();
+    let deadline = Instant::now() + BOUND;
+    while broker.health().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "health did not come back within {BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mq_core::testkit::report(&format!(
+        "redis: health {up}; while down: {down}; answered again {:.1?} after the restart",
+        started.elapsed()
+    ));
+}

@@ -240,3 +240,30 @@ pub async fn cancelled_recv_loses_nothing(broker: Arc<dyn Broker>) {
     ));
     assert_eq!(sent.len(), ROUNDS * PER_ROUND);
 }
+
+/// `health` answers while the broker is open, naming the backend, and is
+/// an error once it is closed.
+pub async fn health_answers_until_close(broker: Arc<dyn Broker>) {
+    let health = match broker.health().await {
+        Err(Error::Unsupported { .. }) => {
+            return skip(
+                broker.as_ref(),
+                "health_answers_until_close",
+                "it has no health probe",
+            );
+        }
+        other => other.unwrap_or_else(|e| panic!("{}: health of an open broker: {e}", broker.name())),
+    };
+    assert_eq!(health.backend, broker.name());
+    assert!(health.latency < wait(), "{health}");
+    assert!(
+        !health.endpoint.contains('@'),
+        "the endpoint carries no credentials: {health}"
+    );
+    broker.close().await.expect("close");
+    let after = broker.health().await;
+    assert!(
+        after.is_err(),
+        "health after close must be an error, got {after:?}"
+    );
+}

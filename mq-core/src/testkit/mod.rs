@@ -108,6 +108,7 @@ macro_rules! __mq_for_each_check {
             cancelled_recv_loses_nothing,
             recv_after_close_returns_none,
             send_after_broker_close_is_error,
+            health_answers_until_close,
         }
     };
 }
@@ -206,6 +207,9 @@ impl<G: Send + Sync + std::fmt::Debug + 'static> Broker for Owning<G> {
     }
     async fn close(&self) -> crate::Result<()> {
         self.broker.close().await
+    }
+    async fn health(&self) -> crate::Result<crate::Health> {
+        self.broker.health().await
     }
 }
 
