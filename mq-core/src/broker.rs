@@ -4,7 +4,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{Capabilities, Consumer, Error, Health, Producer, ProducerOptions, Result, Subscription};
+use crate::{Capabilities, Consumer, Error, Health, Lag, Producer, ProducerOptions, Result, Subscription};
 
 /// A connection to a message broker: makes producers and consumers.
 ///
@@ -70,6 +70,22 @@ pub trait Broker: Send + Sync + fmt::Debug {
         Err(Error::Unsupported {
             backend: self.name(),
             feature: "health".into(),
+        })
+    }
+
+    /// How far `group` is behind on `topic` (see [`Lag`] for what each
+    /// backend counts), for monitoring.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after close; connection errors; a backend error
+    /// when the group does not exist; [`Error::Unsupported`] for a backend
+    /// that cannot tell (the default).
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        let _ = (topic, group);
+        Err(Error::Unsupported {
+            backend: self.name(),
+            feature: "lag".into(),
         })
     }
 

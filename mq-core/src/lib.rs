@@ -75,7 +75,7 @@ pub use config::{MqConfig, OptionValue};
 pub use consumer::{Consumer, ConsumerExt};
 pub use delivery::{AckHandle, Delivery, Nack, attempts_exhausted_reason, dead_letter_message};
 pub use error::{BoxError, Error, Result};
-pub use health::Health;
+pub use health::{Health, Lag};
 pub use message::{Headers, Message, new_id, time_from_millis};
 pub use producer::{Position, Producer, ProducerExt, ProducerOptions, Receipt, check_send};
 pub use registry::{Connector, Registry};

@@ -11,13 +11,15 @@ use mq_core::backend::{Charset, NameLimits};
 
 use crate::hand_back::Closing;
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
-    Result, Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Lag, Producer, ProducerOptions,
+    Registry, Result, Subscription,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::KafkaConfig;
 use crate::consumer::KafkaConsumer;
@@ -62,6 +64,43 @@ impl std::fmt::Debug for Inner {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// The offsets `group` of `topic` is behind (see [`KafkaBroker::lag`]).
+fn group_lag(inner: &Inner, topic: &str, group: &str) -> Result<u64> {
+    let what = format!("lag of group `{group}` of `{topic}`");
+    let mut client = inner.config.client();
+    client
+        .set("group.id", inner.config.group_id.of(topic, group))
+        .set("enable.auto.commit", "false");
+    let reader: BaseConsumer = client.create().map_err(|e| map(e, &what, inner.endpoint()))?;
+    let mut behind = 0u64;
+    for name in [topic.to_string(), format!("{topic}.{group}.retry")] {
+        let metadata = reader
+            .fetch_metadata(Some(&name), HEALTH_TIMEOUT)
+            .map_err(|e| map(e, &what, inner.endpoint()))?;
+        let Some(t) = metadata.topics().first().filter(|t| t.error().is_none()) else {
+            continue;
+        };
+        let mut partitions = TopicPartitionList::new();
+        for p in t.partitions() {
+            partitions.add_partition(&name, p.id());
+        }
+        let committed = reader
+            .committed_offsets(partitions, HEALTH_TIMEOUT)
+            .map_err(|e| map(e, &what, inner.endpoint()))?;
+        for e in committed.elements() {
+            let (low, high) = reader
+                .fetch_watermarks(&name, e.partition(), HEALTH_TIMEOUT)
+                .map_err(|e| map(e, &what, inner.endpoint()))?;
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            behind = behind.saturating_add(u64::try_from(high.saturating_sub(from)).unwrap_or(0));
+        }
+    }
+    Ok(behind)
 }
 
 /// How long a health probe waits for the cluster's metadata.
@@ -304,6 +343,23 @@ impl Broker for KafkaBroker {
         .await
         .map_err(|e| Error::backend("kafka", "health probe", e.to_string()))??;
         Ok(Health::new("kafka", self.inner.endpoint(), started.elapsed()))
+    }
+
+    /// High watermark minus the group's committed offset, per partition of
+    /// the topic and of the group's retry topic (from the low watermark
+    /// where the group committed nothing), read by a client of the group
+    /// that does not join it, on a blocking thread.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        self.inner.check_open()?;
+        LIMITS.check_subscription("kafka", &Subscription::new(topic, group))?;
+        let inner = self.inner.clone();
+        let (topic, group) = (topic.to_string(), group.to_string());
+        tokio::task::spawn_blocking(move || {
+            let behind = group_lag(&inner, &topic, &group)?;
+            Ok(Lag::new("kafka", topic, group, behind, None))
+        })
+        .await
+        .map_err(|e| Error::backend("kafka", "lag", e.to_string()))?
     }
 
     async fn close(&self) -> Result<()> {

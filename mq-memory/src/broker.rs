@@ -7,8 +7,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
-    Result, Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Lag, Producer, ProducerOptions,
+    Registry, Result, Subscription,
 };
 
 use crate::MemoryConfig;
@@ -234,6 +234,29 @@ impl Broker for MemoryBroker {
             return Err(Error::closed("memory broker"));
         }
         Ok(Health::new("memory", "memory://", std::time::Duration::ZERO))
+    }
+
+    /// Exact: every message not yet acked, the in-flight ones apart.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        if self.inner.is_closed() {
+            return Err(Error::closed("memory broker"));
+        }
+        let stats = self.group_stats(topic, group).ok_or_else(|| {
+            Error::backend(
+                "memory",
+                format!("lag of `{topic}`"),
+                format!("no group `{group}`"),
+            )
+        })?;
+        let waiting = u64::try_from(stats.ready.saturating_add(stats.delayed)).unwrap_or(u64::MAX);
+        let in_flight = u64::try_from(stats.in_flight).unwrap_or(u64::MAX);
+        Ok(Lag::new(
+            "memory",
+            topic,
+            group,
+            stats.backlog.saturating_add(waiting).saturating_add(in_flight),
+            Some(in_flight),
+        ))
     }
 
     async fn close(&self) -> Result<()> {

@@ -40,6 +40,9 @@ impl Broker for Recording {
     async fn health(&self) -> Result<mq_core::Health> {
         self.inner.health().await
     }
+    async fn lag(&self, topic: &str, group: &str) -> Result<mq_core::Lag> {
+        self.inner.lag(topic, group).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

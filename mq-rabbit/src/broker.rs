@@ -14,8 +14,8 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use mq_core::backend::NameLimits;
 use mq_core::retry::{ExponentialBackoff, RetryPolicy};
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
-    Result, Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Lag, Producer, ProducerOptions,
+    Registry, Result, Subscription,
 };
 use tokio::time::Instant;
 
@@ -451,6 +451,30 @@ impl Broker for RabbitBroker {
             "rabbitmq",
             self.inner.endpoint.clone(),
             started.elapsed(),
+        ))
+    }
+
+    /// A passive declaration of the group's queue `{topic}.{group}`: its
+    /// ready messages (AMQP does not count the unacked ones).
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        self.inner.check_open()?;
+        LIMITS.check_subscription("rabbitmq", &Subscription::new(topic, group))?;
+        let queue = format!("{topic}.{group}");
+        let (_, channel) = self.inner.control().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+            .map_err(|e| map(e, &format!("lag of queue `{queue}`"), &self.inner.endpoint))?;
+        Ok(Lag::new(
+            "rabbitmq",
+            topic,
+            group,
+            u64::from(declared.message_count()),
+            None,
         ))
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mq_core::retry::{ExponentialBackoff, RetryPolicy};
 use mq_core::{
-    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Producer, ProducerOptions, Registry,
-    Result, StartPosition, Subscription,
+    Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Lag, Producer, ProducerOptions,
+    Registry, Result, StartPosition, Subscription,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError};
@@ -360,6 +360,40 @@ impl Broker for RedisBroker {
             self.inner.endpoint.clone(),
             started.elapsed(),
         ))
+    }
+
+    /// `XINFO GROUPS` of the topic's stream and the group's retry stream:
+    /// the group's `lag` (entries not yet read) plus its `pending` ones.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
+        self.inner.check_open()?;
+        let (mut behind, mut in_flight, mut found) = (0u64, 0u64, false);
+        for key in [self.inner.stream_key(topic), self.inner.retry_key(topic, group)] {
+            let mut cmd = redis::cmd("XINFO");
+            cmd.arg("GROUPS").arg(&key);
+            let reply = match self
+                .inner
+                .query::<redis::Value>(&format!("XINFO GROUPS `{key}`"), &cmd)
+                .await
+            {
+                Ok(reply) => reply,
+                // The retry stream exists only once something was requeued.
+                Err(Error::Backend { reason, .. }) if reason.contains("no such key") => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some((lag, pending)) = crate::codec::group_info(&reply, group) {
+                found = true;
+                behind = behind.saturating_add(lag).saturating_add(pending);
+                in_flight = in_flight.saturating_add(pending);
+            }
+        }
+        if !found {
+            return Err(Error::backend(
+                "redis",
+                format!("lag of `{topic}`"),
+                format!("no group `{group}` on the topic's stream"),
+            ));
+        }
+        Ok(Lag::new("redis", topic, group, behind, Some(in_flight)))
     }
 
     async fn close(&self) -> Result<()> {

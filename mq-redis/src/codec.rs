@@ -170,9 +170,72 @@ pub(crate) fn pending_reply(v: &Value) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// The `lag` and `pending` of `group` in an `XINFO GROUPS` reply (a list
+/// of field/value lists, or maps on RESP3); a `lag` Redis cannot tell
+/// (nil, after trimming or deletions) counts as 0.
+pub(crate) fn group_info(v: &Value, group: &str) -> Option<(u64, u64)> {
+    items(v).iter().find_map(|g| {
+        let fields: Vec<(String, &Value)> = match g {
+            Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+            _ => items(g)
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => Some((text(k)?, v)),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if field("name").and_then(text).as_deref() != Some(group) {
+            return None;
+        }
+        let number = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(other) => text(other).and_then(|t| t.parse().ok()).unwrap_or(0),
+            None => 0,
+        };
+        Some((number(field("lag")), number(field("pending"))))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_info_reads_lag_and_pending_from_either_protocol() {
+        let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![
+                s("name"),
+                s("other"),
+                s("lag"),
+                Value::Int(9),
+                s("pending"),
+                Value::Int(9),
+            ]),
+            Value::Array(vec![
+                s("name"),
+                s("g"),
+                s("pending"),
+                Value::Int(2),
+                s("lag"),
+                Value::Int(5),
+            ]),
+        ]);
+        assert_eq!(group_info(&resp2, "g"), Some((5, 2)));
+        assert_eq!(group_info(&resp2, "missing"), None);
+        let resp3 = Value::Array(vec![Value::Map(vec![
+            (s("name"), s("g")),
+            (s("lag"), Value::Nil),
+            (s("pending"), Value::Int(3)),
+        ])]);
+        assert_eq!(
+            group_info(&resp3, "g"),
+            Some((0, 3)),
+            "a lag Redis cannot tell counts as 0"
+        );
+    }
 
     #[test]
     fn bytes_that_are_not_utf8_become_replacement_characters() {

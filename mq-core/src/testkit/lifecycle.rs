@@ -267,3 +267,58 @@ pub async fn health_answers_until_close(broker: Arc<dyn Broker>) {
         "health after close must be an error, got {after:?}"
     );
 }
+
+/// `lag`: with the group's consumer closed, N messages sent put the group
+/// N behind; once they are all received and acked, it is 0 (within the
+/// wait bound: some backends commit acks in the background).
+pub async fn lag_counts_what_the_group_has_not_settled(broker: Arc<dyn Broker>) {
+    const N: u64 = 25;
+    let topic = unique("lag");
+    let group = group_for(&topic, "g");
+    let sub = || Subscription::new(&topic, &group).prefetch(50);
+    let mut consumer = subscribe(&broker, sub()).await;
+    let first = match broker.lag(&topic, &group).await {
+        Err(Error::Unsupported { .. }) => {
+            return skip(
+                broker.as_ref(),
+                "lag_counts_what_the_group_has_not_settled",
+                "it cannot tell lag",
+            );
+        }
+        other => other.unwrap_or_else(|e| panic!("lag of a new group: {e}")),
+    };
+    assert_eq!(first.behind, 0, "a new group with nothing sent: {first}");
+    consumer.close().await.expect("close");
+    let producer = producer(&broker).await;
+    for i in 0..N {
+        send(producer.as_ref(), &topic, Message::new(format!("{i}"))).await;
+    }
+    let behind = broker.lag(&topic, &group).await.expect("lag");
+    assert_eq!(behind.behind, N, "{N} sent, none consumed: {behind}");
+    assert_eq!(behind.group, group);
+    let mut consumer = subscribe(&broker, sub()).await;
+    receive_n(
+        consumer.as_mut(),
+        usize::try_from(N).unwrap_or(usize::MAX),
+        "the sent messages",
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + wait();
+    let settled = loop {
+        let lag = broker.lag(&topic, &group).await.expect("lag");
+        if lag.behind == 0 {
+            break lag;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "all acked, yet still {lag} after {:?}",
+            wait()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    report(&format!(
+        "lag ({}): {behind}; after acking all: {settled}",
+        broker.name()
+    ));
+    consumer.close().await.expect("close");
+}

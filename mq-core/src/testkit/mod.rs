@@ -109,6 +109,7 @@ macro_rules! __mq_for_each_check {
             recv_after_close_returns_none,
             send_after_broker_close_is_error,
             health_answers_until_close,
+            lag_counts_what_the_group_has_not_settled,
         }
     };
 }
@@ -210,6 +211,9 @@ impl<G: Send + Sync + std::fmt::Debug + 'static> Broker for Owning<G> {
     }
     async fn health(&self) -> crate::Result<crate::Health> {
         self.broker.health().await
+    }
+    async fn lag(&self, topic: &str, group: &str) -> crate::Result<crate::Lag> {
+        self.broker.lag(topic, group).await
     }
 }
 
