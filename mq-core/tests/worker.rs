@@ -417,3 +417,41 @@ async fn worker_ends_when_its_consumer_ends() {
     .unwrap();
     assert_eq!(stats, WorkerStats::default());
 }
+
+/// The worker's counters can be read while it runs (issue 14, item 5):
+/// handlers running now, and what was handled so far, before it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_readable_while_the_worker_runs() {
+    let broker = MemoryBroker::new();
+    let consumer = broker
+        .subscribe(Subscription::new("t", "g").prefetch(10))
+        .await
+        .unwrap();
+    send_n(&broker, "t", 6).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let gate = gate.clone();
+        move |_job: Job| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.expect("the gate").forget();
+                HandlerResult::Ok(vec![])
+            }
+        }
+    };
+    let worker = Worker::new(consumer).concurrency(2);
+    let live = worker.stats();
+    let token = CancellationToken::new();
+    let running = tokio::spawn(worker.run(handler, token.clone()));
+    until("2 handlers running, none done", || {
+        let now = live.snapshot();
+        now.in_flight == 2 && now.handled == 0
+    })
+    .await;
+    gate.add_permits(6);
+    until("6 handled while running", || live.snapshot().handled == 6).await;
+    until("none running", || live.snapshot().in_flight == 0).await;
+    let stats = stop(token, running).await;
+    assert_eq!(stats, live.snapshot(), "the final stats are the live ones");
+    assert_eq!((stats.handled, stats.in_flight), (6, 0));
+}

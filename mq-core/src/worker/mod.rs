@@ -90,6 +90,8 @@ pub struct WorkerStats {
     pub duplicates: u64,
     /// Deliveries still in flight at shutdown and requeued.
     pub requeued_at_shutdown: u64,
+    /// Handlers running now (0 once the worker has stopped).
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +102,51 @@ struct Counters {
     panics: AtomicU64,
     timeouts: AtomicU64,
     duplicates: AtomicU64,
+    requeued_at_shutdown: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> WorkerStats {
+        WorkerStats {
+            handled: self.handled.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            panics: self.panics.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            requeued_at_shutdown: self.requeued_at_shutdown.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A live view of a worker's counters, readable while it runs (from
+/// [`Worker::stats`]); cheap to clone and to read.
+///
+/// ```
+/// # async fn run(consumer: Box<dyn mq_core::Consumer>) {
+/// use mq_core::worker::{HandlerResult, Job, Worker};
+///
+/// let worker = Worker::new(consumer);
+/// let stats = worker.stats();
+/// let stop = tokio_util::sync::CancellationToken::new();
+/// let running = tokio::spawn(worker.run(|_job: Job| async { HandlerResult::Ok(vec![]) }, stop.clone()));
+/// println!("handled so far: {}", stats.snapshot().handled);
+/// stop.cancel();
+/// # let _ = running.await;
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LiveStats {
+    counters: Arc<Counters>,
+}
+
+impl LiveStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> WorkerStats {
+        self.counters.snapshot()
+    }
 }
 
 /// Consumes one subscription and calls a handler for each message.
@@ -116,6 +163,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct Worker {
     consumer: Box<dyn Consumer>,
+    counters: Arc<Counters>,
     producer: Option<Arc<dyn Producer>>,
     concurrency: usize,
     retry: Arc<dyn RetryPolicy>,
@@ -132,6 +180,7 @@ impl Worker {
     pub fn new(consumer: Box<dyn Consumer>) -> Self {
         Worker {
             consumer,
+            counters: Arc::default(),
             producer: None,
             concurrency: 1,
             retry: Arc::new(ExponentialBackoff::new(Duration::from_millis(100)).jitter(0.2)),
@@ -193,7 +242,7 @@ impl Worker {
     /// the worker goes on.
     pub async fn run(mut self, handler: impl Handler, stop: CancellationToken) -> Result<WorkerStats> {
         let handler: Arc<dyn Handler> = Arc::new(handler);
-        let counters = Arc::new(Counters::default());
+        let counters = self.counters.clone();
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let in_flight: Arc<Mutex<HashMap<u64, Arc<Delivery>>>> = Arc::default();
         let shared = Arc::new(Shared {
@@ -247,8 +296,11 @@ impl Worker {
             key += 1;
             let id = key;
             lock(&in_flight).insert(id, delivery.clone());
+            counters.in_flight.fetch_add(1, Ordering::Relaxed);
             let (handler, shared, in_flight) = (handler.clone(), shared.clone(), in_flight.clone());
             tasks.spawn(async move {
+                // Counted down however the task ends (aborted at shutdown too).
+                let _running = Running(shared.counters.clone());
                 shared.process(&delivery, handler.as_ref()).await;
                 lock(&in_flight).remove(&id);
                 drop(permit);
@@ -275,17 +327,28 @@ impl Worker {
                 requeued += 1;
             }
         }
+        counters
+            .requeued_at_shutdown
+            .fetch_add(requeued, Ordering::Relaxed);
         self.consumer.close().await?;
-        let c = &counters;
-        Ok(WorkerStats {
-            handled: c.handled.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-            panics: c.panics.load(Ordering::Relaxed),
-            timeouts: c.timeouts.load(Ordering::Relaxed),
-            duplicates: c.duplicates.load(Ordering::Relaxed),
-            requeued_at_shutdown: requeued,
-        })
+        Ok(counters.snapshot())
+    }
+
+    /// A live view of this worker's counters, readable while
+    /// [`run`](Worker::run) goes on (take it before calling `run`).
+    pub fn stats(&self) -> LiveStats {
+        LiveStats {
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// Counts a running handler task down when it ends.
+struct Running(Arc<Counters>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
