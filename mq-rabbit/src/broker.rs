@@ -128,6 +128,11 @@ impl Inner {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// How many connections were made so far (the current one's number).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.is_closed() {
             Err(Error::closed("rabbitmq broker"))

@@ -175,6 +175,8 @@ pub struct RabbitConsumer {
     channel: Channel,
     stream: lapin::Consumer,
     tag: String,
+    /// The broker's connection generation the channel was opened on.
+    generation: u64,
     /// Whether the channel was lost (until consuming again succeeds).
     channel_lost: bool,
     /// Consuming again on a new channel, once the old one was lost.
@@ -193,9 +195,21 @@ impl std::fmt::Debug for RabbitConsumer {
     }
 }
 
-/// A channel consuming the group's queue: the channel, lapin's stream of
-/// deliveries, and the consumer tag.
-type Attached = (Channel, lapin::Consumer, String);
+/// A channel consuming the group's queue.
+struct Attached {
+    channel: Channel,
+    /// lapin's stream of deliveries.
+    stream: lapin::Consumer,
+    /// The consumer tag.
+    tag: String,
+    /// The connection generation the channel was opened on.
+    generation: u64,
+}
+
+/// How often a waiting `recv` checks that its channel is still alive: a
+/// stream on a connection that died abruptly (the broker killed) was seen
+/// to stay pending for good instead of ending.
+const LIVENESS: Duration = Duration::from_secs(1);
 
 impl RabbitConsumer {
     pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription) -> Result<Self> {
@@ -207,12 +221,13 @@ impl RabbitConsumer {
             inner,
             sub,
         });
-        let (channel, stream, tag) = ctx.inner.retrying(|| attach(&ctx)).await?;
+        let attached = ctx.inner.retrying(|| attach(&ctx)).await?;
         Ok(RabbitConsumer {
             ctx,
-            channel,
-            stream,
-            tag,
+            channel: attached.channel,
+            stream: attached.stream,
+            tag: attached.tag,
+            generation: attached.generation,
             channel_lost: false,
             reattaching: None,
             closed: false,
@@ -230,23 +245,44 @@ impl RabbitConsumer {
         });
         let result = fut.await;
         self.reattaching = None;
-        let (channel, stream, tag) = result?;
-        self.channel = channel;
-        self.stream = stream;
-        self.tag = tag;
+        let attached = result?;
+        self.channel = attached.channel;
+        self.stream = attached.stream;
+        self.tag = attached.tag;
+        self.generation = attached.generation;
         self.channel_lost = false;
         Ok(())
     }
+
+    /// Whether the channel is gone: closed, or on a connection the broker
+    /// has since replaced.
+    fn channel_is_dead(&self) -> bool {
+        !self.channel.status().connected() || self.ctx.inner.generation() != self.generation
+    }
 }
 
-/// Declares the topology and starts consuming on a new channel.
-async fn attach(ctx: &Ctx) -> Result<(Channel, lapin::Consumer, String)> {
+/// Declares the topology and starts consuming on a new channel, within a
+/// bound: an RPC on a connection that died abruptly may never complete,
+/// and then it is tried again on a new one.
+async fn attach(ctx: &Ctx) -> Result<Attached> {
+    let bound = ctx.inner.config.options.connect_timeout() * 2 + Duration::from_secs(5);
+    tokio::time::timeout(bound, attach_once(ctx))
+        .await
+        .map_err(|_| Error::Connection {
+            backend: "rabbitmq",
+            endpoint: ctx.inner.endpoint.clone(),
+            reason: format!("consuming queue `{}` again took over {bound:?}", ctx.queue),
+            source: None,
+        })?
+}
+
+async fn attach_once(ctx: &Ctx) -> Result<Attached> {
     let inner = &ctx.inner;
     inner.declare_topic(&ctx.sub.topic).await?;
     inner
         .declare_queue(&ctx.queue, &ctx.sub.topic, inner.group_queue_arguments())
         .await?;
-    let (_, conn) = inner.connection().await?;
+    let (generation, conn) = inner.connection().await?;
     let channel = conn
         .create_channel()
         .await
@@ -267,7 +303,12 @@ async fn attach(ctx: &Ctx) -> Result<(Channel, lapin::Consumer, String)> {
         )
         .await
         .map_err(|e| map(e, &format!("consume queue `{}`", ctx.queue), &inner.endpoint))?;
-    Ok((channel, stream, tag))
+    Ok(Attached {
+        channel,
+        stream,
+        tag,
+        generation,
+    })
 }
 
 async fn close_channel(channel: Channel, tag: String) {
@@ -293,7 +334,18 @@ impl Consumer for RabbitConsumer {
                 self.reattach().await?;
                 continue;
             }
-            match self.stream.next().await {
+            // Cancel-safe: lapin's stream keeps what was not taken.
+            let next = tokio::select! {
+                next = self.stream.next() => next,
+                () = tokio::time::sleep(LIVENESS) => {
+                    if self.channel_is_dead() {
+                        tracing::warn!(queue = %self.ctx.queue, "consumer channel found dead; consuming again");
+                        self.channel_lost = true;
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(d)) => {
                     let (message, attempt) = codec::decode(&d.properties, d.data, d.redelivered);
                     let handle = RabbitAck {
