@@ -53,18 +53,32 @@ impl Ctx {
                     ..BasicPublishOptions::default()
                 };
                 let props = codec::properties(message, attempt, inner.config.options.durable);
-                let confirm = channel
-                    .basic_publish(
-                        exchange.into(),
-                        routing_key.into(),
-                        options,
-                        &message.payload,
-                        props,
-                    )
-                    .await
-                    .map_err(|e| map(e, &what, &inner.endpoint))?
-                    .await
-                    .map_err(|e| map(e, &what, &inner.endpoint))?;
+                // Bounded, as an ack is: a connection that died abruptly may
+                // leave the confirm pending; the copy is then sent again.
+                let bound = inner.config.options.connect_timeout() * 2 + ACK_BOUND;
+                let publish = async {
+                    channel
+                        .basic_publish(
+                            exchange.into(),
+                            routing_key.into(),
+                            options,
+                            &message.payload,
+                            props,
+                        )
+                        .await
+                        .map_err(|e| map(e, &what, &inner.endpoint))?
+                        .await
+                        .map_err(|e| map(e, &what, &inner.endpoint))
+                };
+                let confirm =
+                    tokio::time::timeout(bound, publish)
+                        .await
+                        .map_err(|_| Error::Connection {
+                            backend: "rabbitmq",
+                            endpoint: inner.endpoint.clone(),
+                            reason: format!("{what}: no confirm within {bound:?}"),
+                            source: None,
+                        })??;
                 match confirm {
                     Confirmation::Ack(None) => Ok(true),
                     Confirmation::Ack(Some(_)) => Ok(false),
@@ -177,6 +191,10 @@ pub struct RabbitConsumer {
     tag: String,
     /// The broker's connection generation the channel was opened on.
     generation: u64,
+    /// When a waiting `recv` next checks that the channel is alive (kept
+    /// across `recv` calls, so `recv`s cut shorter than [`LIVENESS`] still
+    /// get there).
+    check_at: tokio::time::Instant,
     /// Whether the channel was lost (until consuming again succeeds).
     channel_lost: bool,
     /// Consuming again on a new channel, once the old one was lost.
@@ -206,6 +224,10 @@ struct Attached {
     generation: u64,
 }
 
+/// The longest an ack may take: it is one frame, written without a reply,
+/// unless the connection is gone.
+const ACK_BOUND: Duration = Duration::from_secs(5);
+
 /// How often a waiting `recv` checks that its channel is still alive: a
 /// stream on a connection that died abruptly (the broker killed) was seen
 /// to stay pending for good instead of ending.
@@ -228,6 +250,7 @@ impl RabbitConsumer {
             stream: attached.stream,
             tag: attached.tag,
             generation: attached.generation,
+            check_at: tokio::time::Instant::now() + LIVENESS,
             channel_lost: false,
             reattaching: None,
             closed: false,
@@ -337,7 +360,8 @@ impl Consumer for RabbitConsumer {
             // Cancel-safe: lapin's stream keeps what was not taken.
             let next = tokio::select! {
                 next = self.stream.next() => next,
-                () = tokio::time::sleep(LIVENESS) => {
+                () = tokio::time::sleep_until(self.check_at) => {
+                    self.check_at = tokio::time::Instant::now() + LIVENESS;
                     if self.channel_is_dead() {
                         tracing::warn!(queue = %self.ctx.queue, "consumer channel found dead; consuming again");
                         self.channel_lost = true;
@@ -409,15 +433,21 @@ struct RabbitAck {
 impl RabbitAck {
     async fn ack_original(&self, delivery: &Delivery) -> Result<()> {
         self.ctx.inner.check_open()?;
-        match self.acker.ack(BasicAckOptions::default()).await {
+        let expired = || Error::DeliveryExpired {
+            id: delivery.message().id.clone(),
+            reason: format!(
+                "the channel it came on (queue `{}`) closed; RabbitMQ delivers it again",
+                self.ctx.queue
+            ),
+        };
+        // An ack on a connection that died abruptly was seen never to
+        // complete (it held a consumer's loop for good): bounded.
+        let acked = tokio::time::timeout(ACK_BOUND, self.acker.ack(BasicAckOptions::default()))
+            .await
+            .map_err(|_| expired())?;
+        match acked {
             Ok(_) => Ok(()),
-            Err(e) if lost(&e) => Err(Error::DeliveryExpired {
-                id: delivery.message().id.clone(),
-                reason: format!(
-                    "the channel it came on (queue `{}`) closed; RabbitMQ delivers it again",
-                    self.ctx.queue
-                ),
-            }),
+            Err(e) if lost(&e) => Err(expired()),
             Err(e) => Err(map(
                 e,
                 &format!("ack on queue `{}`", self.ctx.queue),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::Channel;
@@ -193,8 +194,21 @@ impl RabbitProducer {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                // Only what was not confirmed yet is published again.
-                match self.publish_pending(topic, messages, &mut receipts).await {
+                // Only what was not confirmed yet is published again. Each
+                // try is bounded: a confirm on a connection that died
+                // abruptly may never come (what it covered is sent again).
+                let bound = self.inner.config.options.connect_timeout() * 2 + Duration::from_secs(5);
+                let tried = tokio::time::timeout(bound, self.publish_pending(topic, messages, &mut receipts))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::Connection {
+                            backend: "rabbitmq",
+                            endpoint: self.inner.endpoint.clone(),
+                            reason: format!("publish to `{topic}`: no confirm within {bound:?}"),
+                            source: None,
+                        })
+                    });
+                match tried {
                     Ok(()) => return Ok(()),
                     Err(err) => match self.inner.retry_delay(attempt, started, &err) {
                         Some(delay) => tokio::time::sleep(delay).await,
