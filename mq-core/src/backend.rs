@@ -39,6 +39,16 @@ pub fn add_attempts(stored: u32, earlier_deliveries: u64) -> u32 {
     stored.saturating_add(extra).max(1)
 }
 
+/// The text a panic carried (`panic!("...")` gives a `&str` or a
+/// `String`), for an error that names it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".into())
+}
+
 /// The longest names a broker accepts, in bytes (`usize::MAX`: no limit).
 ///
 /// A backend checks them before the network with

@@ -1069,11 +1069,7 @@ impl KafkaConsumer {
                 let polled =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&poller, &tx)));
                 if let Err(panic) = polled {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".into());
+                    let what = mq_core::backend::panic_message(panic.as_ref());
                     let _ = tx.try_send(Handed::Failed(Error::backend(
                         "kafka",
                         format!("consume `{}`", poller.topic),

@@ -177,17 +177,7 @@ pub struct RedisConsumer {
     tasks: Vec<JoinHandle<()>>,
     closed: bool,
     /// Why the reader stopped, once it stopped without being asked to.
-    failed: Option<Failure>,
-}
-
-/// Why a consumer's reader stopped.
-#[derive(Debug)]
-struct Failure(String);
-
-impl Failure {
-    fn clone_error(&self) -> Error {
-        Error::backend("redis", "consume", self.0.clone())
-    }
+    failed: Option<String>,
 }
 
 /// What became of the reader task (the first of `tasks`), which has ended.
@@ -197,15 +187,10 @@ async fn reader_failure(tasks: &mut Vec<JoinHandle<()>>) -> String {
     }
     let reader = tasks.remove(0);
     match reader.await {
-        Err(e) if e.is_panic() => {
-            let panic = e.into_panic();
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            format!("the consumer's reader failed ({what}); subscribe again")
-        }
+        Err(e) if e.is_panic() => format!(
+            "the consumer's reader failed ({}); subscribe again",
+            mq_core::backend::panic_message(e.into_panic().as_ref())
+        ),
         Err(_) => "the consumer's reader was cancelled; subscribe again".into(),
         Ok(()) => "the consumer's reader stopped; subscribe again".into(),
     }
@@ -258,20 +243,20 @@ impl Consumer for RedisConsumer {
         if self.closed {
             return Ok(None);
         }
-        if let Some(failure) = &self.failed {
-            return Err(failure.clone_error());
-        }
-        match self.rx.recv().await {
-            Some(result) => result.map(Some),
-            // The reader ended without being asked to (a panic, say): an
-            // error, not a clean end, so nothing looks delivered that was not.
-            None => {
-                let failure = Failure(reader_failure(&mut self.tasks).await);
-                let error = failure.clone_error();
-                self.failed = Some(failure);
-                Err(error)
+        if self.failed.is_none() {
+            match self.rx.recv().await {
+                Some(result) => return result.map(Some),
+                // The reader ended without being asked to (a panic, say): an
+                // error, not a clean end, so nothing looks delivered that
+                // was not.
+                None => self.failed = Some(reader_failure(&mut self.tasks).await),
             }
         }
+        Err(Error::backend(
+            "redis",
+            "consume",
+            self.failed.clone().unwrap_or_default(),
+        ))
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -476,14 +476,7 @@ impl Shared {
         let outputs = match outcome {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(e)) => return Err(Failure::Error(e)),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string payload".into());
-                return Err(Failure::Panic(what));
-            }
+            Err(panic) => return Err(Failure::Panic(crate::backend::panic_message(panic.as_ref()))),
         };
         if outputs.is_empty() {
             return Ok(());
