@@ -75,7 +75,7 @@ fn group_lag(inner: &Inner, topic: &str, group: &str) -> Result<u64> {
         .set("enable.auto.commit", "false");
     let reader: BaseConsumer = client.create().map_err(|e| map(e, &what, inner.endpoint()))?;
     let mut behind = 0u64;
-    for name in [topic.to_string(), format!("{topic}.{group}.retry")] {
+    for name in [topic.to_string(), crate::consumer::retry_topic(topic, group)] {
         let metadata = reader
             .fetch_metadata(Some(&name), HEALTH_TIMEOUT)
             .map_err(|e| map(e, &what, inner.endpoint()))?;

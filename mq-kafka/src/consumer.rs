@@ -992,7 +992,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl KafkaConsumer {
     pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription, transactional: bool) -> Result<Self> {
-        let retry_topic = format!("{}.{}.retry", sub.topic, sub.group);
+        let retry_topic = retry_topic(&sub.topic, &sub.group);
         inner.ensure_topic(&sub.topic).await?;
         inner.ensure_topic(&retry_topic).await?;
         let tracker = Arc::new(Tracker::new(&sub.topic, &retry_topic));
@@ -1102,6 +1102,11 @@ impl KafkaConsumer {
             closed: false,
         })
     }
+}
+
+/// The group's retry topic, where its requeued copies go.
+pub(crate) fn retry_topic(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.retry")
 }
 
 /// `fetch.wait.max.ms` unless the application sets it.

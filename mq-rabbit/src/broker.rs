@@ -128,6 +128,26 @@ impl Inner {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Runs one try of `op` within a bound (twice the connect timeout, plus
+    /// 5 s): on a connection that died abruptly a lapin reply (a confirm,
+    /// an RPC's answer) may never come. Past the bound it is a lost
+    /// connection, so the caller tries again on a new one.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let bound = self.config.options.connect_timeout() * 2 + Duration::from_secs(5);
+        tokio::time::timeout(bound, op).await.unwrap_or_else(|_| {
+            Err(Error::Connection {
+                backend: "rabbitmq",
+                endpoint: self.endpoint.clone(),
+                reason: format!("{what}: no reply within {bound:?}"),
+                source: None,
+            })
+        })
+    }
+
     /// How many connections were made so far (the current one's number).
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

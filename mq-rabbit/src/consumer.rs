@@ -53,9 +53,8 @@ impl Ctx {
                     ..BasicPublishOptions::default()
                 };
                 let props = codec::properties(message, attempt, inner.config.options.durable);
-                // Bounded, as an ack is: a connection that died abruptly may
-                // leave the confirm pending; the copy is then sent again.
-                let bound = inner.config.options.connect_timeout() * 2 + ACK_BOUND;
+                // A connection that died abruptly may leave the confirm
+                // pending: bounded, and the copy is sent again.
                 let publish = async {
                     channel
                         .basic_publish(
@@ -70,15 +69,7 @@ impl Ctx {
                         .await
                         .map_err(|e| map(e, &what, &inner.endpoint))
                 };
-                let confirm =
-                    tokio::time::timeout(bound, publish)
-                        .await
-                        .map_err(|_| Error::Connection {
-                            backend: "rabbitmq",
-                            endpoint: inner.endpoint.clone(),
-                            reason: format!("{what}: no confirm within {bound:?}"),
-                            source: None,
-                        })??;
+                let confirm = inner.bounded(&what, publish).await?;
                 match confirm {
                     Confirmation::Ack(None) => Ok(true),
                     Confirmation::Ack(Some(_)) => Ok(false),
@@ -288,15 +279,8 @@ impl RabbitConsumer {
 /// bound: an RPC on a connection that died abruptly may never complete,
 /// and then it is tried again on a new one.
 async fn attach(ctx: &Ctx) -> Result<Attached> {
-    let bound = ctx.inner.config.options.connect_timeout() * 2 + Duration::from_secs(5);
-    tokio::time::timeout(bound, attach_once(ctx))
-        .await
-        .map_err(|_| Error::Connection {
-            backend: "rabbitmq",
-            endpoint: ctx.inner.endpoint.clone(),
-            reason: format!("consuming queue `{}` again took over {bound:?}", ctx.queue),
-            source: None,
-        })?
+    let what = format!("consume queue `{}`", ctx.queue);
+    ctx.inner.bounded(&what, attach_once(ctx)).await
 }
 
 async fn attach_once(ctx: &Ctx) -> Result<Attached> {

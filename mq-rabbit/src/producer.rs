@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::Channel;
@@ -197,17 +196,13 @@ impl RabbitProducer {
                 // Only what was not confirmed yet is published again. Each
                 // try is bounded: a confirm on a connection that died
                 // abruptly may never come (what it covered is sent again).
-                let bound = self.inner.config.options.connect_timeout() * 2 + Duration::from_secs(5);
-                let tried = tokio::time::timeout(bound, self.publish_pending(topic, messages, &mut receipts))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::Connection {
-                            backend: "rabbitmq",
-                            endpoint: self.inner.endpoint.clone(),
-                            reason: format!("publish to `{topic}`: no confirm within {bound:?}"),
-                            source: None,
-                        })
-                    });
+                let tried = self
+                    .inner
+                    .bounded(
+                        &format!("publish to `{topic}`"),
+                        self.publish_pending(topic, messages, &mut receipts),
+                    )
+                    .await;
                 match tried {
                     Ok(()) => return Ok(()),
                     Err(err) => match self.inner.retry_delay(attempt, started, &err) {
