@@ -208,6 +208,34 @@ impl Error {
         }
     }
 
+    /// A short, stable name of the kind of error, for the `error.type`
+    /// attribute of spans and metrics (never a message, so of low
+    /// cardinality): `connection`, `auth`, `timeout`, `too_large`, ...
+    ///
+    /// ```
+    /// assert_eq!(mq_core::Error::closed("producer").kind(), "closed");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidUrl { .. } => "invalid_url",
+            Error::UnknownScheme { .. } => "unknown_scheme",
+            Error::UnknownOption { .. } => "unknown_option",
+            Error::InvalidOption { .. } => "invalid_option",
+            Error::Connection { .. } => "connection",
+            Error::Auth { .. } => "auth",
+            Error::Timeout { .. } => "timeout",
+            Error::Closed { .. } => "closed",
+            Error::Full { .. } => "full",
+            Error::TooLarge { .. } => "too_large",
+            Error::AlreadySettled { .. } => "already_settled",
+            Error::DeliveryExpired { .. } => "delivery_expired",
+            Error::Decode { .. } => "decode",
+            Error::Encode { .. } => "encode",
+            Error::Unsupported { .. } => "unsupported",
+            Error::Backend { .. } => "backend",
+        }
+    }
+
     /// Takes back the message an unsent operation carried, if this error has one.
     ///
     /// ```
