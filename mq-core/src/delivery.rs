@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::observe::Observed;
+use crate::observe::metric::Settle;
 use crate::{Error, Message, Result, headers};
 
 /// How a delivery is given back when it was not processed.
@@ -105,6 +107,8 @@ pub struct Delivery {
     group: Arc<str>,
     handle: Box<dyn AckHandle>,
     state: AtomicU8,
+    /// Spans and metrics, when it came through an instrumented consumer.
+    observed: Option<Box<Observed>>,
 }
 
 impl Delivery {
@@ -135,7 +139,19 @@ impl Delivery {
             group,
             handle,
             state: AtomicU8::new(PENDING),
+            observed: None,
         }
+    }
+
+    /// Attaches an instrumented consumer's observation.
+    pub(crate) fn observed(mut self, observed: Observed) -> Self {
+        self.observed = Some(Box::new(observed));
+        self
+    }
+
+    /// The instrumented consumer's observation, if any.
+    pub(crate) fn observation(&self) -> Option<&Observed> {
+        self.observed.as_deref()
     }
 
     /// The message.
@@ -199,7 +215,25 @@ impl Delivery {
             Some(other) => return Err(self.already(other)),
             None => {}
         }
-        self.finish(self.handle.ack(self).await, ACKED)
+        let result = match &self.observed {
+            None => self.handle.ack(self).await,
+            Some(observed) => self.observe(observed, Settle::Ack, self.handle.ack(self)).await,
+        };
+        self.finish(result, ACKED)
+    }
+
+    /// Runs a settle under its span, and records it.
+    async fn observe(
+        &self,
+        observed: &Observed,
+        how: Settle,
+        settle: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let span = observed.settle_span(self, how);
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(settle, span.clone()).await;
+        observed.settled(&span, how, started.elapsed(), &result);
+        result
     }
 
     /// Gives the message back: requeue (with a delay) or dead-letter.
@@ -212,11 +246,15 @@ impl Delivery {
         if let Some(state) = self.begin()? {
             return Err(self.already(state));
         }
-        let settled = match nack {
-            Nack::Requeue { .. } => REQUEUED,
-            Nack::DeadLetter { .. } => DEAD_LETTERED,
+        let (settled, how) = match nack {
+            Nack::Requeue { .. } => (REQUEUED, Settle::Requeue),
+            Nack::DeadLetter { .. } => (DEAD_LETTERED, Settle::DeadLetter),
         };
-        self.finish(self.handle.nack(self, nack).await, settled)
+        let result = match &self.observed {
+            None => self.handle.nack(self, nack).await,
+            Some(observed) => self.observe(observed, how, self.handle.nack(self, nack)).await,
+        };
+        self.finish(result, settled)
     }
 
     /// Claims the delivery for settling. `Ok(None)`: claimed; `Ok(Some(s))`:

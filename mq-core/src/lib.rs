@@ -57,6 +57,7 @@ mod error;
 pub mod headers;
 mod health;
 mod message;
+pub mod observe;
 mod producer;
 mod registry;
 pub mod reply;

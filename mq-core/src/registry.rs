@@ -99,7 +99,12 @@ impl Registry {
     /// As [`Registry::connect`].
     pub async fn connect_url(&self, url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         match self.connectors.get(url.scheme()) {
-            Some(connector) => connector.connect(url).await,
+            Some(connector) => {
+                let broker = connector.connect(url).await?;
+                Ok(Arc::new(
+                    crate::observe::Instrumented::new(broker).server_from(url),
+                ))
+            }
             None => Err(self.unknown_scheme(url.scheme())),
         }
     }

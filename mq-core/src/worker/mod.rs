@@ -466,18 +466,30 @@ impl Shared {
             message: delivery.message().clone(),
             attempt: delivery.attempt(),
         };
+        let span = crate::observe::process_span(delivery);
+        let started = std::time::Instant::now();
         let guarded = AssertUnwindSafe(handler.handle(job)).catch_unwind();
+        let guarded = tracing::Instrument::instrument(guarded, span.clone());
         let outcome = match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, guarded)
-                .await
-                .map_err(|_| Failure::Timeout(limit))?,
-            None => guarded.await,
+            Some(limit) => tokio::time::timeout(limit, guarded).await.ok(),
+            None => Some(guarded.await),
         };
-        let outputs = match outcome {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => return Err(Failure::Error(e)),
-            Err(panic) => return Err(Failure::Panic(crate::backend::panic_message(panic.as_ref()))),
+        let (result, label) = match outcome {
+            None => (Err(Failure::Timeout(self.timeout.unwrap_or_default())), "timeout"),
+            Some(Ok(Ok(outputs))) => (Ok(outputs), "ok"),
+            Some(Ok(Err(e))) => (Err(Failure::Error(e)), "error"),
+            Some(Err(panic)) => (
+                Err(Failure::Panic(crate::backend::panic_message(panic.as_ref()))),
+                "panic",
+            ),
         };
+        if let Some(observed) = delivery.observation() {
+            observed.processed(label, started.elapsed());
+        }
+        if label != "ok" {
+            crate::observe::process_failed(&span, label);
+        }
+        let outputs = result?;
         if outputs.is_empty() {
             return Ok(());
         }
@@ -488,8 +500,8 @@ impl Shared {
             ));
         };
         for out in outputs {
-            producer
-                .send(&out.topic, out.message)
+            // Under the `process` span: the outputs continue its trace.
+            tracing::Instrument::instrument(producer.send(&out.topic, out.message), span.clone())
                 .await
                 .map_err(|e| Failure::Error(Box::new(e)))?;
         }

@@ -1,0 +1,145 @@
+//! What an instrumented consumer attaches to each delivery: the settle
+//! spans and metrics, the in-flight gauge, and the producer's context for
+//! the `process` span.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tracing::{Span, field};
+
+use super::Scope;
+use super::metric::{ConsumerMetrics, Settle};
+use crate::{Delivery, Message};
+
+/// The observation of one delivery.
+#[derive(Debug)]
+pub(crate) struct Observed {
+    scope: Arc<Scope>,
+    metrics: Arc<ConsumerMetrics>,
+    /// Whether the in-flight gauge was counted down already.
+    counted_down: AtomicBool,
+    /// The producer's context, extracted from the headers.
+    #[cfg(feature = "otel")]
+    pub(crate) parent: Option<opentelemetry::Context>,
+}
+
+impl Observed {
+    pub(crate) fn new(
+        scope: Arc<Scope>,
+        metrics: Arc<ConsumerMetrics>,
+        receive: &Span,
+        message: &Message,
+    ) -> Self {
+        #[cfg(not(feature = "otel"))]
+        let _ = (receive, message);
+        Observed {
+            #[cfg(feature = "otel")]
+            parent: super::otel::extract(receive, &message.headers),
+            scope,
+            metrics,
+            counted_down: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn system(&self) -> &'static str {
+        self.scope.system
+    }
+
+    fn count_down(&self) {
+        if !self.counted_down.swap(true, Ordering::AcqRel) {
+            self.metrics.in_flight.decrement(1.0);
+        }
+    }
+
+    /// The span of a settle.
+    pub(crate) fn settle_span(&self, delivery: &Delivery, how: Settle) -> Span {
+        let span = tracing::info_span!(
+            target: "mq",
+            "settle",
+            otel.name = field::Empty,
+            otel.kind = "client",
+            otel.status_code = field::Empty,
+            messaging.system = self.scope.system,
+            messaging.operation.name = how.operation(),
+            messaging.operation.type = "settle",
+            messaging.destination.name = delivery.topic(),
+            messaging.consumer.group.name = delivery.group(),
+            messaging.message.id = delivery.message().id.as_str(),
+            server.address = field::Empty,
+            server.port = field::Empty,
+            error.type = field::Empty,
+        );
+        if !span.is_disabled() {
+            span.record("otel.name", format!("{} {}", how.operation(), delivery.topic()));
+            self.scope.record_server(&span);
+        }
+        span
+    }
+
+    /// Records a settle's outcome.
+    pub(crate) fn settled(&self, span: &Span, how: Settle, took: Duration, result: &crate::Result<()>) {
+        match result {
+            Ok(()) => {
+                self.count_down();
+                self.metrics.settled(how, took, None);
+            }
+            Err(e) => {
+                super::record_error(span, e);
+                self.metrics.settled(how, took, Some(e));
+            }
+        }
+    }
+
+    /// Records a handler's run.
+    pub(crate) fn processed(&self, outcome: &'static str, took: Duration) {
+        self.metrics.processed(outcome, took);
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        // A delivery dropped unsettled is no longer in this consumer's hands.
+        self.count_down();
+    }
+}
+
+/// The span of the worker's handler call for `delivery`: a child of the
+/// producer's context when the headers carried one (feature `otel`).
+pub(crate) fn process_span(delivery: &Delivery) -> Span {
+    let observed = delivery.observation();
+    let span = tracing::info_span!(
+        target: "mq",
+        "process",
+        otel.name = field::Empty,
+        otel.kind = "consumer",
+        otel.status_code = field::Empty,
+        messaging.system = observed.map_or("", Observed::system),
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.destination.name = delivery.topic(),
+        messaging.consumer.group.name = delivery.group(),
+        messaging.message.id = delivery.message().id.as_str(),
+        server.address = field::Empty,
+        server.port = field::Empty,
+        error.type = field::Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    span.record("otel.name", format!("process {}", delivery.topic()));
+    if let Some(observed) = observed {
+        observed.scope.record_server(&span);
+        #[cfg(feature = "otel")]
+        if let Some(parent) = &observed.parent {
+            super::otel::set_parent(&span, parent.clone());
+        }
+    }
+    span
+}
+
+/// Marks a `process` span failed.
+pub(crate) fn process_failed(span: &Span, error_type: &'static str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
+}
