@@ -41,6 +41,7 @@ mod groups;
 mod lifecycle;
 pub mod logs;
 mod names;
+pub mod observe;
 mod settle;
 
 pub use basic::*;
@@ -269,7 +270,7 @@ async fn subscribe(broker: &Arc<dyn Broker>, sub: Subscription) -> Box<dyn Consu
 }
 
 /// The next delivery within `within`, `None` if none came.
-async fn recv_within(consumer: &mut dyn Consumer, within: Duration) -> Option<Delivery> {
+pub(crate) async fn recv_within(consumer: &mut dyn Consumer, within: Duration) -> Option<Delivery> {
     match tokio::time::timeout(within, consumer.recv()).await {
         Err(_) => None,
         Ok(Ok(Some(delivery))) => Some(delivery),
