@@ -46,18 +46,33 @@ impl RabbitProducer {
         }
     }
 
-    async fn channel(&self) -> Result<Channel> {
+    /// A confirm channel of the current connection, from the slots in
+    /// turn, with its slot's index. A slot's channel is reused only while
+    /// it is open AND belongs to the broker's current connection: after a
+    /// connection died abruptly, its channels were seen to keep reporting
+    /// themselves connected, and publishes on them never completed.
+    async fn channel(&self) -> Result<(usize, Channel)> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         let mut slot = self.channels[i].lock().await;
-        if let Some((_, channel)) = slot.as_ref()
+        if let Some((generation, channel)) = slot.as_ref()
             && channel.status().connected()
+            && *generation == self.inner.generation()
         {
-            return Ok(channel.clone());
+            return Ok((i, channel.clone()));
         }
         let fresh = self.inner.confirm_channel().await?;
         let channel = fresh.1.clone();
         *slot = Some(fresh);
-        Ok(channel)
+        Ok((i, channel))
+    }
+
+    /// Forgets the channel in slot `i` if it is still `channel`: a publish
+    /// on it failed with a lost connection, so the next try opens another.
+    async fn forget(&self, i: usize, channel: &Channel) {
+        let mut slot = self.channels[i].lock().await;
+        if slot.as_ref().is_some_and(|(_, c)| c.id() == channel.id()) {
+            *slot = None;
+        }
     }
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
@@ -106,8 +121,32 @@ impl RabbitProducer {
         chunk: &[usize],
         receipts: &mut [Option<Receipt>],
     ) -> Result<()> {
-        self.inner.declare_topic(topic).await?;
-        let channel = self.channel().await?;
+        // Each step is bounded: on a connection that died abruptly a lapin
+        // reply (an RPC's answer, a confirm) may never come. Past the bound
+        // it is a lost connection, and what was not confirmed is sent again.
+        let what = format!("publish to `{topic}`");
+        self.inner.bounded(&what, self.inner.declare_topic(topic)).await?;
+        let (slot, channel) = self.inner.bounded(&what, self.channel()).await?;
+        let result = self
+            .inner
+            .bounded(&what, self.publish_on(&channel, topic, messages, chunk, receipts))
+            .await;
+        if matches!(result, Err(Error::Connection { .. })) {
+            self.forget(slot, &channel).await;
+        }
+        result
+    }
+
+    /// Publishes the messages at the indexes in `chunk` on `channel`, then
+    /// waits for their confirms together.
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        messages: &[Message],
+        chunk: &[usize],
+        receipts: &mut [Option<Receipt>],
+    ) -> Result<()> {
         let durable = self.inner.config.options.durable;
         let endpoint = &self.inner.endpoint;
         let mut confirms = Vec::new();
@@ -193,16 +232,9 @@ impl RabbitProducer {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                // Only what was not confirmed yet is published again. Each
-                // try is bounded: a confirm on a connection that died
-                // abruptly may never come (what it covered is sent again).
-                let tried = self
-                    .inner
-                    .bounded(
-                        &format!("publish to `{topic}`"),
-                        self.publish_pending(topic, messages, &mut receipts),
-                    )
-                    .await;
+                // Only what was not confirmed yet is published again (each
+                // step of a try is bounded, in `publish_chunk`).
+                let tried = self.publish_pending(topic, messages, &mut receipts).await;
                 match tried {
                     Ok(()) => return Ok(()),
                     Err(err) => match self.inner.retry_delay(attempt, started, &err) {
