@@ -54,7 +54,7 @@ impl Observed {
 
     /// The span of a settle.
     pub(crate) fn settle_span(&self, delivery: &Delivery, how: Settle) -> Span {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: "mq",
             "settle",
             otel.name = field::Empty,
@@ -108,7 +108,7 @@ impl Drop for Observed {
 /// producer's context when the headers carried one (feature `otel`).
 pub(crate) fn process_span(delivery: &Delivery) -> Span {
     let observed = delivery.observation();
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         target: "mq",
         "process",
         otel.name = field::Empty,

@@ -10,6 +10,11 @@
 //!
 //! ## Spans
 //!
+//! Every span is at `DEBUG` level with target `mq`, as `tower-http`'s
+//! request spans are: a service logging at `INFO` pays nothing for them;
+//! enable them for tracing with a filter such as `info,mq=debug` (or no
+//! level filter on the OpenTelemetry layer).
+//!
 //! | span (`otel.name`) | kind | `messaging.operation.type` | when |
 //! |---|---|---|---|
 //! | `send {topic}` | producer | `send` | [`Producer::send`] and [`Producer::send_batch`] (with `messaging.batch.message_count`) |
@@ -217,7 +222,7 @@ impl InstrumentedProducer {
     }
 
     fn span(&self, topic: &str, first: Option<&Message>, count: Option<usize>) -> Span {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: "mq",
             "send",
             otel.name = field::Empty,
@@ -339,7 +344,7 @@ struct InstrumentedConsumer {
 #[async_trait]
 impl Consumer for InstrumentedConsumer {
     async fn recv(&mut self) -> Result<Option<Delivery>> {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: "mq",
             "receive",
             otel.name = field::Empty,

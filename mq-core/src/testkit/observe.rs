@@ -372,6 +372,11 @@ mod trace {
             send.span_context.span_id(),
             "{system}: the process span is a child of the send span"
         );
+        assert_eq!(
+            ack.parent_span_id,
+            process.span_context.span_id(),
+            "{system}: the worker's ack is a child of the process span"
+        );
         assert!(
             receive
                 .links

@@ -384,7 +384,14 @@ impl Failure {
 }
 
 impl Shared {
+    /// Handles one delivery and settles it, all under its `process` span
+    /// (the settle spans are its children).
     async fn process(&self, delivery: &Delivery, handler: &dyn Handler) {
+        let span = crate::observe::process_span(delivery);
+        tracing::Instrument::instrument(self.process_in(delivery, handler, &span), span.clone()).await;
+    }
+
+    async fn process_in(&self, delivery: &Delivery, handler: &dyn Handler, span: &tracing::Span) {
         let message = delivery.message();
         let settle = |r: Result<()>| {
             if let Err(e) = r {
@@ -394,7 +401,7 @@ impl Shared {
         match &self.guarantee {
             Guarantee::AtMostOnce => {
                 settle(delivery.ack().await);
-                match self.run(delivery, handler).await {
+                match self.run(delivery, handler, span).await {
                     Ok(()) => {
                         self.counters.handled.fetch_add(1, Ordering::Relaxed);
                     }
@@ -424,7 +431,7 @@ impl Shared {
             },
             _ => {}
         }
-        match self.run(delivery, handler).await {
+        match self.run(delivery, handler, span).await {
             Ok(()) => {
                 if let Guarantee::EffectivelyOnce { store, ttl } = &self.guarantee
                     && let Err(e) = store.mark(&message.id, *ttl).await
@@ -461,15 +468,19 @@ impl Shared {
 
     /// Runs the handler (catching panics, within the time-out) and publishes
     /// its outputs.
-    async fn run(&self, delivery: &Delivery, handler: &dyn Handler) -> std::result::Result<(), Failure> {
+    /// Runs under `span`, the delivery's `process` span.
+    async fn run(
+        &self,
+        delivery: &Delivery,
+        handler: &dyn Handler,
+        span: &tracing::Span,
+    ) -> std::result::Result<(), Failure> {
         let job = Job {
             message: delivery.message().clone(),
             attempt: delivery.attempt(),
         };
-        let span = crate::observe::process_span(delivery);
         let started = std::time::Instant::now();
         let guarded = AssertUnwindSafe(handler.handle(job)).catch_unwind();
-        let guarded = tracing::Instrument::instrument(guarded, span.clone());
         let outcome = match self.timeout {
             Some(limit) => tokio::time::timeout(limit, guarded).await.ok(),
             None => Some(guarded.await),
@@ -487,7 +498,7 @@ impl Shared {
             observed.processed(label, started.elapsed());
         }
         if label != "ok" {
-            crate::observe::process_failed(&span, label);
+            crate::observe::process_failed(span, label);
         }
         let outputs = result?;
         if outputs.is_empty() {
@@ -501,7 +512,8 @@ impl Shared {
         };
         for out in outputs {
             // Under the `process` span: the outputs continue its trace.
-            tracing::Instrument::instrument(producer.send(&out.topic, out.message), span.clone())
+            producer
+                .send(&out.topic, out.message)
                 .await
                 .map_err(|e| Failure::Error(Box::new(e)))?;
         }
