@@ -20,6 +20,9 @@
 //! consumers out of an mpsc.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../benches/observed.rs"]
+mod observed;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,9 +109,27 @@ async fn bare_channel<T: Item>(
     start.elapsed()
 }
 
-async fn memory_broker(messages: usize, producers: usize, consumers: usize, payload: Bytes) -> Duration {
+/// Which mq-memory: the broker as built, or wrapped for spans and metrics
+/// (what `Registry::connect` hands out).
+#[derive(Clone, Copy, PartialEq)]
+enum Sdk {
+    Bare,
+    Instrumented,
+}
+
+async fn memory_broker(
+    sdk: Sdk,
+    messages: usize,
+    producers: usize,
+    consumers: usize,
+    payload: Bytes,
+) -> Duration {
     let capacity = env_usize("MQ_BENCH_CAPACITY", mq_memory::MemoryConfig::default().capacity);
-    let broker = MemoryBroker::with_config(mq_memory::MemoryConfig::default().capacity(capacity));
+    let bare = MemoryBroker::with_config(mq_memory::MemoryConfig::default().capacity(capacity));
+    let broker: Arc<dyn Broker> = match sdk {
+        Sdk::Bare => Arc::new(bare),
+        Sdk::Instrumented => mq_core::observe::instrument(Arc::new(bare)),
+    };
     let topic = "bench";
     let per = messages / producers;
     let total = per * producers;
@@ -170,20 +191,75 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let messages = env_usize("MQ_BENCH_MESSAGES", 200_000);
-    let rounds = env_usize("MQ_BENCH_ROUNDS", 7);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .unwrap()
+}
+
+/// A child process of this bench: installs a `tracing` subscriber and a
+/// `metrics` recorder (process-wide, so not in the parent), runs the
+/// instrumented broker once after a warm-up and prints its rate.
+fn child(spec: &str) {
+    let parts: Vec<usize> = spec.split(':').skip(1).map(|p| p.parse().unwrap()).collect();
+    let (producers, consumers, messages) = (parts[0], parts[1], parts[2]);
+    observed::install(spec.starts_with("traces"));
+    let runtime = runtime();
+    let payload = Bytes::from(vec![0xabu8; 100]);
+    runtime.block_on(memory_broker(
+        Sdk::Instrumented,
+        messages / 10,
+        producers,
+        consumers,
+        payload.clone(),
+    ));
+    let d = runtime.block_on(memory_broker(
+        Sdk::Instrumented,
+        messages,
+        producers,
+        consumers,
+        payload,
+    ));
+    println!("rate {}", rate(messages, d));
+}
+
+/// Runs `child` in a new process of this bench.
+fn in_child(what: &str, producers: usize, consumers: usize, messages: usize) -> f64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(
+            "MQ_BENCH_CHILD",
+            format!("{what}:{producers}:{consumers}:{messages}"),
+        )
+        .output()
         .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("rate "))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the {what} child printed no rate: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("MQ_BENCH_CHILD") {
+        return child(&spec);
+    }
+    let messages = env_usize("MQ_BENCH_MESSAGES", 200_000);
+    let rounds = env_usize("MQ_BENCH_ROUNDS", 7);
+    let runtime = runtime();
     let payload = Bytes::from(vec![0xabu8; 100]);
     println!(
         "mq-memory vs tokio::sync::mpsc(1024): {messages} x 100-byte messages, {rounds} rounds, interleaved"
     );
     for (producers, consumers) in [(1usize, 1usize), (4, 4)] {
         let (mut bytes, mut msgs, mut mem) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut quiet, mut logs, mut traces) = (Vec::new(), Vec::new(), Vec::new());
         // Warm-up, not counted.
         runtime.block_on(bare_channel::<Message>(
             messages / 10,
@@ -192,6 +268,7 @@ fn main() {
             payload.clone(),
         ));
         runtime.block_on(memory_broker(
+            Sdk::Bare,
             messages / 10,
             producers,
             consumers,
@@ -199,8 +276,8 @@ fn main() {
         ));
         for round in 0..rounds {
             // Rotate which goes first, so none always gets the warmer cache.
-            for turn in 0..3 {
-                match (round + turn) % 3 {
+            for turn in 0..6 {
+                match (round + turn) % 6 {
                     0 => {
                         let d = runtime.block_on(bare_channel::<Message>(
                             messages,
@@ -219,11 +296,28 @@ fn main() {
                         ));
                         bytes.push(rate(messages, d));
                     }
-                    _ => {
-                        let d =
-                            runtime.block_on(memory_broker(messages, producers, consumers, payload.clone()));
+                    2 => {
+                        let d = runtime.block_on(memory_broker(
+                            Sdk::Bare,
+                            messages,
+                            producers,
+                            consumers,
+                            payload.clone(),
+                        ));
                         mem.push(rate(messages, d));
                     }
+                    3 => {
+                        let d = runtime.block_on(memory_broker(
+                            Sdk::Instrumented,
+                            messages,
+                            producers,
+                            consumers,
+                            payload.clone(),
+                        ));
+                        quiet.push(rate(messages, d));
+                    }
+                    4 => logs.push(in_child("logs", producers, consumers, messages)),
+                    _ => traces.push(in_child("traces", producers, consumers, messages)),
                 }
             }
         }
@@ -236,6 +330,23 @@ fn main() {
             "         reference mpsc<Bytes>: {b:>9.0} msg/s   ratio (mq-memory / mpsc<Bytes>): {:.2}",
             q / b
         );
+        let (i, l, t) = (
+            median(quiet.clone()),
+            median(logs.clone()),
+            median(traces.clone()),
+        );
+        println!(
+            "         instrumented, nothing installed: {i:>9.0} msg/s   ratio (/ mq-memory): {:.3}",
+            i / q
+        );
+        println!(
+            "         instrumented, fmt subscriber (INFO) + Prometheus recorder: {l:>9.0} msg/s   ratio (/ mq-memory): {:.3}",
+            l / q
+        );
+        println!(
+            "         instrumented, OpenTelemetry layer + Prometheus recorder: {t:>9.0} msg/s   ratio (/ mq-memory): {:.3}",
+            t / q
+        );
         let show = |v: &[f64]| {
             v.iter()
                 .map(|r| format!("{:.2}M", r / 1e6))
@@ -245,5 +356,8 @@ fn main() {
         println!("         rounds mpsc<Message>: {}", show(&msgs));
         println!("         rounds mq-memory:     {}", show(&mem));
         println!("         rounds mpsc<Bytes>:   {}", show(&bytes));
+        println!("         rounds instrumented:  {}", show(&quiet));
+        println!("         rounds + fmt/metrics: {}", show(&logs));
+        println!("         rounds + otel/metrics:{}", show(&traces));
     }
 }

@@ -3,13 +3,19 @@
 //!
 //! (a) `send`, one at a time, vs a raw redis-rs XADD loop (same fields);
 //! (b) `send_batch` of 100 vs `redis-benchmark` XADD with `-P 16`;
-//! (c) consume + ack (prefetch 200) vs a raw XREADGROUP COUNT 100 + XACK loop.
+//! (c) consume + ack (prefetch 200) vs a raw XREADGROUP COUNT 100 + XACK loop;
+//!     and the same SDK instrumented (`mq_core::observe`, what the registry
+//!     hands out): with nothing installed, and in a process of its own with
+//!     a `tracing` subscriber and the Prometheus recorder installed.
 //!
 //! Run: `cargo bench -p mq-redis --bench throughput` (Redis from
 //! `MQ_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`; `MQ_BENCH_MESSAGES`
 //! and `MQ_BENCH_ROUNDS` change the size). Needs `redis-benchmark` (Debian's
 //! redis-tools) for (b).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../benches/observed.rs"]
+mod observed;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -202,12 +208,26 @@ async fn raw_consume(broker: &RedisBroker, n: usize, payload: &Bytes) -> Duratio
     d
 }
 
-async fn sdk_consume(broker: &RedisBroker, n: usize, payload: &Bytes) -> Duration {
+/// Which SDK consumes: the broker as built, or wrapped for spans and
+/// metrics.
+#[derive(Clone, Copy)]
+enum Sdk {
+    Bare,
+    Instrumented,
+}
+
+async fn sdk_consume(sdk: Sdk, broker: &Arc<RedisBroker>, n: usize, payload: &Bytes) -> Duration {
     let topic = unique("sdk-consume");
     let sub = Subscription::new(&topic, "g")
         .start(mq_core::StartPosition::Earliest)
         .prefetch(200);
-    let mut consumer = broker.subscribe(sub).await.unwrap();
+    let mut consumer = match sdk {
+        Sdk::Bare => broker.subscribe(sub).await.unwrap(),
+        Sdk::Instrumented => mq_core::observe::instrument(broker.clone())
+            .subscribe(sub)
+            .await
+            .unwrap(),
+    };
     fill(broker, &topic, n, payload).await;
     let start = Instant::now();
     for _ in 0..n {
@@ -241,21 +261,65 @@ fn report(name: &str, sdk: Vec<f64>, raw: Vec<f64>, target: f64) {
     println!("    rounds raw:      {}", show(&raw));
 }
 
-fn main() {
-    let n = env_usize("MQ_BENCH_MESSAGES", 20_000);
-    let rounds = env_usize("MQ_BENCH_ROUNDS", 5);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    let payload = Bytes::from(vec![b'x'; 100]);
+        .unwrap()
+}
+
+fn connect(runtime: &tokio::runtime::Runtime) -> Arc<RedisBroker> {
     let broker = runtime.block_on(async {
         RedisBroker::connect(RedisConfig::from_url(&BrokerUrl::parse(&url()).unwrap()).unwrap())
             .await
             .unwrap()
     });
-    let broker = Arc::new(broker);
+    Arc::new(broker)
+}
+
+/// A child process of this bench (`logs:N` or `traces:N`): installs a
+/// `tracing` subscriber and the Prometheus recorder (process-wide, so not
+/// in the parent), runs (c) instrumented once after a warm-up and prints
+/// its rate.
+fn child(spec: &str) {
+    let n: usize = spec.split(':').nth(1).unwrap().parse().unwrap();
+    observed::install(spec.starts_with("traces"));
+    let runtime = runtime();
+    let broker = connect(&runtime);
+    let payload = Bytes::from(vec![b'x'; 100]);
+    runtime.block_on(sdk_consume(Sdk::Instrumented, &broker, n / 10, &payload));
+    let d = runtime.block_on(sdk_consume(Sdk::Instrumented, &broker, n, &payload));
+    println!("rate {}", rate(n, d));
+}
+
+/// Runs `child` in a new process of this bench.
+fn in_child(what: &str, n: usize) -> f64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("MQ_BENCH_CHILD", format!("{what}:{n}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("rate "))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the {what} child printed no rate: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("MQ_BENCH_CHILD") {
+        return child(&spec);
+    }
+    let n = env_usize("MQ_BENCH_MESSAGES", 20_000);
+    let rounds = env_usize("MQ_BENCH_ROUNDS", 5);
+    let runtime = runtime();
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let broker = connect(&runtime);
     println!(
         "mq-redis vs raw on {}: {n} x 100-byte messages per run, {rounds} rounds, interleaved",
         broker.config().endpoint()
@@ -268,6 +332,7 @@ fn main() {
         Vec::new(),
         Vec::new(),
     );
+    let (mut c_quiet, mut c_logs, mut c_traces) = (Vec::new(), Vec::new(), Vec::new());
     // (b) sends five times as many: batches are fast and short runs are noisy.
     let nb = n * 5;
     // Warm-up.
@@ -279,7 +344,21 @@ fn main() {
             if (turn == 0) == sdk_first {
                 a_sdk.push(rate(n, runtime.block_on(sdk_send(&broker, n, &payload))));
                 b_sdk.push(rate(nb, runtime.block_on(sdk_batch(&broker, nb, &payload))));
-                c_sdk.push(rate(n, runtime.block_on(sdk_consume(&broker, n, &payload))));
+                // (c)'s SDK contenders, in an order rotated each round.
+                for k in 0..4 {
+                    match (round + k) % 4 {
+                        0 => c_sdk.push(rate(
+                            n,
+                            runtime.block_on(sdk_consume(Sdk::Bare, &broker, n, &payload)),
+                        )),
+                        1 => c_quiet.push(rate(
+                            n,
+                            runtime.block_on(sdk_consume(Sdk::Instrumented, &broker, n, &payload)),
+                        )),
+                        2 => c_logs.push(in_child("logs", n)),
+                        _ => c_traces.push(in_child("traces", n)),
+                    }
+                }
             } else {
                 a_raw.push(rate(n, runtime.block_on(raw_send(n, &payload))));
                 if let Some(r) = redis_benchmark(nb) {
@@ -303,10 +382,32 @@ fn main() {
             0.6,
         );
     }
+    let bare = median(c_sdk.clone());
     report(
         "(c) consume + ack vs raw XREADGROUP COUNT 100 + XACK",
         c_sdk,
         c_raw,
         0.8,
     );
+    let show = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
+    for (name, v, target) in [
+        ("instrumented, nothing installed", c_quiet, "within 2%"),
+        (
+            "instrumented, fmt subscriber (INFO) + Prometheus recorder",
+            c_logs,
+            ">= 0.9",
+        ),
+        (
+            "instrumented, OpenTelemetry layer + Prometheus recorder",
+            c_traces,
+            "none",
+        ),
+    ] {
+        let m = median(v.clone());
+        println!(
+            "(c) {name}: {m:>9.0} msg/s   ratio (/ mq-redis) {:.3} (target {target})",
+            m / bare
+        );
+        println!("    rounds: {}", show(&v));
+    }
 }

@@ -1,0 +1,60 @@
+//! Shared by the throughput harnesses of mq-memory and mq-redis (included
+//! with `#[path]`): what an "instrumented" contender installs in its own
+//! process before it runs.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+/// Takes every span and keeps none (the cost of export is the
+/// exporter's, not mq's).
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Installs, process-wide, the Prometheus recorder of
+/// `metrics-exporter-prometheus` (upkept every 5 s, as its HTTP listener
+/// would) and a `tracing` subscriber: a `fmt` layer at INFO writing to a
+/// sink, and with `traces` also an OpenTelemetry layer whose batch
+/// processor hands every span to an exporter that discards it.
+pub(crate) fn install(traces: bool) {
+    if std::env::var_os("MQ_BENCH_METRICS_ONLY").is_some() {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the Prometheus recorder");
+        std::mem::forget(handle);
+        return;
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("install the Prometheus recorder");
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            handle.run_upkeep();
+        }
+    });
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::sink)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(logs);
+    if traces {
+        let provider = SdkTracerProvider::builder().with_batch_exporter(Discard).build();
+        let tracer = provider.tracer("mq-bench");
+        // Kept for the life of the process.
+        std::mem::forget(provider);
+        tracing::subscriber::set_global_default(
+            registry.with(tracing_opentelemetry::layer().with_tracer(tracer)),
+        )
+        .expect("install the subscriber");
+    } else {
+        tracing::subscriber::set_global_default(registry).expect("install the subscriber");
+    }
+}
