@@ -21,26 +21,23 @@ impl SpanExporter for Discard {
 
 /// Installs, process-wide, the Prometheus recorder of
 /// `metrics-exporter-prometheus` (upkept every 5 s, as its HTTP listener
-/// would) and a `tracing` subscriber: a `fmt` layer at INFO writing to a
+/// would; plain atomics instead with `MQ_BENCH_RECORDER=atomics`) and a `tracing` subscriber: a `fmt` layer at INFO writing to a
 /// sink, and with `traces` also an OpenTelemetry layer whose batch
 /// processor hands every span to an exporter that discards it.
 pub(crate) fn install(traces: bool) {
-    if std::env::var_os("MQ_BENCH_METRICS_ONLY").is_some() {
+    if std::env::var("MQ_BENCH_RECORDER").as_deref() == Ok("atomics") {
+        install_atomics();
+    } else {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .expect("install the Prometheus recorder");
-        std::mem::forget(handle);
-        return;
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                handle.run_upkeep();
+            }
+        });
     }
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .expect("install the Prometheus recorder");
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(5));
-            handle.run_upkeep();
-        }
-    });
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::sink)
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
@@ -57,4 +54,42 @@ pub(crate) fn install(traces: bool) {
     } else {
         tracing::subscriber::set_global_default(registry).expect("install the subscriber");
     }
+}
+
+/// The cheapest recorder there can be: every handle a plain atomic, no
+/// registry upkeep (`MQ_BENCH_RECORDER=atomics`, to tell mq's share of the
+/// cost from the recorder's).
+fn install_atomics() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    #[derive(Debug, Default)]
+    struct H(AtomicU64);
+    impl metrics::HistogramFn for H {
+        fn record(&self, v: f64) {
+            self.0.fetch_add(v.to_bits() & 1, Ordering::Relaxed);
+        }
+    }
+    #[derive(Debug)]
+    struct R;
+    impl metrics::Recorder for R {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::from_arc(Arc::new(AtomicU64::new(0)))
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::from_arc(Arc::new(AtomicU64::new(0)))
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::from_arc(Arc::new(H::default()))
+        }
+    }
+    metrics::set_global_recorder(R).expect("recorder");
 }
