@@ -93,3 +93,22 @@ fn install_atomics() {
     }
     metrics::set_global_recorder(R).expect("recorder");
 }
+
+/// Runs this bench again as a child process with `MQ_BENCH_CHILD=spec`
+/// and returns the rate it printed (a line `rate N`).
+pub(crate) fn in_child(spec: &str) -> f64 {
+    let out = std::process::Command::new(std::env::current_exe().expect("this bench's path"))
+        .env("MQ_BENCH_CHILD", spec)
+        .output()
+        .expect("run the child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("rate "))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the child `{spec}` printed no rate: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}

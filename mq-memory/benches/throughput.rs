@@ -225,27 +225,6 @@ fn child(spec: &str) {
     println!("rate {}", rate(messages, d));
 }
 
-/// Runs `child` in a new process of this bench.
-fn in_child(what: &str, producers: usize, consumers: usize, messages: usize) -> f64 {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(
-            "MQ_BENCH_CHILD",
-            format!("{what}:{producers}:{consumers}:{messages}"),
-        )
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("rate "))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the {what} child printed no rate: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-}
-
 fn main() {
     if let Ok(spec) = std::env::var("MQ_BENCH_CHILD") {
         return child(&spec);
@@ -316,8 +295,12 @@ fn main() {
                         ));
                         quiet.push(rate(messages, d));
                     }
-                    4 => logs.push(in_child("logs", producers, consumers, messages)),
-                    _ => traces.push(in_child("traces", producers, consumers, messages)),
+                    4 => logs.push(observed::in_child(&format!(
+                        "logs:{producers}:{consumers}:{messages}"
+                    ))),
+                    _ => traces.push(observed::in_child(&format!(
+                        "traces:{producers}:{consumers}:{messages}"
+                    ))),
                 }
             }
         }

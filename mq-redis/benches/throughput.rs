@@ -293,24 +293,6 @@ fn child(spec: &str) {
     println!("rate {}", rate(n, d));
 }
 
-/// Runs `child` in a new process of this bench.
-fn in_child(what: &str, n: usize) -> f64 {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env("MQ_BENCH_CHILD", format!("{what}:{n}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("rate "))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the {what} child printed no rate: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-}
-
 fn main() {
     if let Ok(spec) = std::env::var("MQ_BENCH_CHILD") {
         return child(&spec);
@@ -355,8 +337,8 @@ fn main() {
                             n,
                             runtime.block_on(sdk_consume(Sdk::Instrumented, &broker, n, &payload)),
                         )),
-                        2 => c_logs.push(in_child("logs", n)),
-                        _ => c_traces.push(in_child("traces", n)),
+                        2 => c_logs.push(observed::in_child(&format!("logs:{n}"))),
+                        _ => c_traces.push(observed::in_child(&format!("traces:{n}"))),
                     }
                 }
             } else {
