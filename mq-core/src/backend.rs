@@ -214,9 +214,143 @@ fn shorten(name: &str) -> String {
     }
 }
 
+/// What a producer's `close` needs: sends in flight are counted, `close`
+/// refuses new ones and waits for those in flight.
+///
+/// Each send holds a [`SendPass`] from [`enter`](SendGate::enter) while it
+/// runs. [`close`](SendGate::close) is cancel safe: once called (even if
+/// dropped before it returns), new sends are refused.
+///
+/// ```
+/// # async fn run() {
+/// use mq_core::backend::SendGate;
+/// let gate = SendGate::new("memory producer");
+/// let pass = gate.enter().expect("open");
+/// drop(pass); // the send ended
+/// gate.close().await;
+/// assert!(matches!(gate.enter(), Err(mq_core::Error::Closed { .. })));
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(run());
+/// ```
+#[derive(Debug)]
+pub struct SendGate {
+    what: &'static str,
+    closed: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+    closing: tokio::sync::Notify,
+}
+
+/// A send in flight (see [`SendGate::enter`]); the send ends when it drops.
+#[derive(Debug)]
+pub struct SendPass<'a>(&'a SendGate);
+
+impl SendGate {
+    /// An open gate; `what` names the producer in the `Closed` error.
+    pub fn new(what: &'static str) -> Self {
+        SendGate {
+            what,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            closing: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Lets a send in, unless the gate was closed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once [`close`](SendGate::close) was called.
+    pub fn enter(&self) -> Result<SendPass<'_>> {
+        use std::sync::atomic::Ordering;
+        // Counted first, then checked: `close` sets the flag first, then
+        // reads the count, so either it waits for this send or the send sees
+        // the flag.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let pass = SendPass(self);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::closed(self.what));
+        }
+        Ok(pass)
+    }
+
+    /// Whether [`close`](SendGate::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once [`close`](SendGate::close) was called: a send that
+    /// waits (for room, say) selects on it, so that `close` does not wait
+    /// on it for good.
+    pub async fn closing(&self) {
+        loop {
+            let closing = self.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            closing.await;
+        }
+    }
+
+    /// Refuses new sends, then waits until none is in flight.
+    pub async fn close(&self) {
+        use std::sync::atomic::Ordering;
+        self.closed.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for SendPass<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.closed.load(Ordering::SeqCst) {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_gate_closes_after_the_sends_in_flight() {
+        use std::sync::Arc;
+        let gate = Arc::new(SendGate::new("test producer"));
+        let pass = gate.enter().expect("open");
+        let closing = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.close().await }
+        });
+        // The waiter for `closing` and the close itself see it.
+        tokio::time::timeout(std::time::Duration::from_secs(5), gate.closing())
+            .await
+            .expect("closing() resolves once close was called");
+        assert!(
+            matches!(gate.enter(), Err(Error::Closed { .. })),
+            "no send after close"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!closing.is_finished(), "close returned with a send in flight");
+        drop(pass);
+        tokio::time::timeout(std::time::Duration::from_secs(5), closing)
+            .await
+            .expect("close returns once the send ended")
+            .expect("close task");
+        gate.close().await;
+    }
 
     #[test]
     fn attempts_from_the_wire_never_overflow() {

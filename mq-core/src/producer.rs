@@ -162,6 +162,28 @@ pub trait Producer: Send + Sync + fmt::Debug {
     ///
     /// Connection and broker errors.
     async fn flush(&self) -> Result<()>;
+
+    /// Closes the producer: later sends fail with
+    /// [`Error::Closed`](crate::Error::Closed), sends in flight are waited
+    /// for (each ends with its receipt or its error), and what the producer
+    /// holds of its own (channels, a transactional producer) is released.
+    /// The broker and its other producers stay open. Calling it again does
+    /// nothing.
+    ///
+    /// The default flushes, for backends written before `close` existed;
+    /// every mq backend refuses later sends.
+    ///
+    /// # Errors
+    ///
+    /// Connection and broker errors while flushing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the producer closed to new sends; the
+    /// sends in flight go on.
+    async fn close(&self) -> Result<()> {
+        self.flush().await
+    }
 }
 
 /// Conveniences for every [`Producer`].

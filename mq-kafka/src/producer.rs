@@ -164,14 +164,20 @@ pub(crate) fn single(mut receipts: Vec<Receipt>, topic: &str) -> Result<Receipt>
 pub struct KafkaProducer {
     inner: Arc<Inner>,
     options: ProducerOptions,
+    gate: mq_core::backend::SendGate,
 }
 
 impl KafkaProducer {
     pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
-        KafkaProducer { inner, options }
+        KafkaProducer {
+            inner,
+            options,
+            gate: mq_core::backend::SendGate::new("kafka producer"),
+        }
     }
 
     async fn produce(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        let _pass = self.gate.enter()?;
         let work = self.inner.produce_on(&self.inner.producer, topic, messages);
         match self.options.send_timeout {
             None => work.await,
@@ -202,5 +208,13 @@ impl Producer for KafkaProducer {
             p.flush(Duration::from_secs(30))
         })
         .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Each send waits for its delivery report, so once none is in
+        // flight this producer has nothing left; librdkafka's producer is
+        // the broker's, shared with its other producers.
+        self.gate.close().await;
+        Ok(())
     }
 }

@@ -42,6 +42,7 @@ pub struct KafkaTransactionalProducer {
     producer: FutureProducer,
     transactional_id: Arc<str>,
     one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    gate: Arc<mq_core::backend::SendGate>,
 }
 
 impl std::fmt::Debug for KafkaTransactionalProducer {
@@ -72,6 +73,7 @@ impl KafkaTransactionalProducer {
             producer,
             transactional_id: transactional_id.into(),
             one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+            gate: Arc::new(mq_core::backend::SendGate::new("kafka transactional producer")),
         })
     }
 
@@ -83,6 +85,9 @@ impl KafkaTransactionalProducer {
     /// The broker refused to begin (fenced by a newer producer, say).
     pub async fn begin(&self) -> Result<KafkaTransaction> {
         self.inner.check_open()?;
+        if self.gate.is_closed() {
+            return Err(Error::closed("kafka transactional producer"));
+        }
         let guard = self.one_at_a_time.clone().lock_owned().await;
         self.open(Some(guard)).await
     }
@@ -404,6 +409,7 @@ impl Producer for KafkaTransactionalProducer {
 
     /// One transaction: all of `messages` become visible, or none.
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        let _pass = self.gate.enter()?;
         crate::broker::LIMITS.check_send("kafka", topic, &messages)?;
         check_send("kafka", topic, &messages, self.inner.config.max_message_bytes())?;
         let txn = self.begin().await?;
@@ -426,5 +432,14 @@ impl Producer for KafkaTransactionalProducer {
             p.flush(Duration::from_secs(30))
         })
         .await
+    }
+
+    /// Refuses later sends and transactions, waits for the `send_batch`
+    /// transactions in flight, then flushes. A transaction opened with
+    /// [`begin`](KafkaTransactionalProducer::begin) is not waited for: it
+    /// ends with its own commit or abort.
+    async fn close(&self) -> Result<()> {
+        self.gate.close().await;
+        self.flush().await
     }
 }

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mq_core::backend::SendGate;
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
 
 use crate::broker::Inner;
@@ -19,11 +20,17 @@ use crate::topic::{Topic, Woken, wake};
 pub struct MemoryProducer {
     inner: Arc<Inner>,
     options: ProducerOptions,
+    /// Shared by clones: a clone is the same producer.
+    gate: Arc<SendGate>,
 }
 
 impl MemoryProducer {
     pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
-        MemoryProducer { inner, options }
+        MemoryProducer {
+            inner,
+            options,
+            gate: Arc::new(SendGate::new("memory producer")),
+        }
     }
 
     /// Sends without waiting for room.
@@ -47,6 +54,7 @@ impl MemoryProducer {
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
     /// ```
     pub fn try_send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let _pass = self.gate.enter()?;
         self.check(topic, &message)?;
         let topic = self.inner.topic(topic);
         append_now(&topic, message).unwrap_or_else(|message| {
@@ -104,7 +112,11 @@ impl MemoryProducer {
             };
             wake(woken);
             if !pending.is_empty() {
-                topic.changed_since(seen).await;
+                // Waiting for room; a close of this producer ends the wait.
+                tokio::select! {
+                    () = topic.changed_since(seen) => {}
+                    () = self.gate.closing() => return Err(Error::closed("memory producer")),
+                }
             }
         }
         Ok(receipts)
@@ -157,6 +169,7 @@ impl Producer for MemoryProducer {
         // a send that never waits would otherwise never yield, and a task it
         // woke (a consumer in this worker's LIFO slot) could not run.
         tokio::task::consume_budget().await;
+        let _pass = self.gate.enter()?;
         self.check(topic, &message)?;
         // Fast path: room in an existing topic. Otherwise wait like a batch.
         let message = match self.inner.with_topic(topic, message, append_now) {
@@ -170,6 +183,7 @@ impl Producer for MemoryProducer {
     }
 
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        let _pass = self.gate.enter()?;
         self.append_all_timed(topic, messages).await
     }
 
@@ -177,6 +191,12 @@ impl Producer for MemoryProducer {
         if self.inner.is_closed() {
             return Err(self.inner.closed_error());
         }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Every send returns with its receipt: nothing is left to flush.
+        self.gate.close().await;
         Ok(())
     }
 }

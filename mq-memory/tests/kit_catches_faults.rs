@@ -20,6 +20,9 @@ enum Fault {
     /// `recv` awaits something after taking a delivery: a cancelled `recv`
     /// loses it.
     CancelUnsafe,
+    /// The producer keeps `Producer::close`'s default (a flush): later
+    /// sends still go through.
+    ProducerCloseIgnored,
 }
 
 #[derive(Debug)]
@@ -87,6 +90,12 @@ impl Producer for FaultyProducer {
     }
     async fn flush(&self) -> Result<()> {
         self.inner.flush().await
+    }
+    async fn close(&self) -> Result<()> {
+        if self.fault == Fault::ProducerCloseIgnored {
+            return self.flush().await;
+        }
+        self.inner.close().await
     }
 }
 
@@ -191,4 +200,16 @@ async fn kit_catches_a_close_that_does_nothing() {
 async fn kit_catches_a_recv_that_is_not_cancel_safe() {
     assert!(!fails(Fault::None, testkit::cancelled_recv_loses_nothing).await);
     assert!(fails(Fault::CancelUnsafe, testkit::cancelled_recv_loses_nothing).await);
+}
+
+#[tokio::test]
+async fn kit_catches_a_producer_close_that_refuses_nothing() {
+    assert!(!fails(Fault::None, testkit::producer_close_waits_and_refuses_later_sends).await);
+    assert!(
+        fails(
+            Fault::ProducerCloseIgnored,
+            testkit::producer_close_waits_and_refuses_later_sends
+        )
+        .await
+    );
 }

@@ -30,6 +30,7 @@ pub struct RabbitProducer {
     seq: AtomicU64,
     /// Bounds unconfirmed publishes (`confirm_window`).
     window: Arc<tokio::sync::Semaphore>,
+    gate: mq_core::backend::SendGate,
 }
 
 impl RabbitProducer {
@@ -43,6 +44,7 @@ impl RabbitProducer {
             next: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             window: Arc::new(tokio::sync::Semaphore::new(window)),
+            gate: mq_core::backend::SendGate::new("rabbitmq producer"),
         }
     }
 
@@ -225,6 +227,7 @@ impl RabbitProducer {
     }
 
     async fn publish(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {
+        let _pass = self.gate.enter()?;
         self.check(topic, messages)?;
         let mut receipts: Vec<Option<Receipt>> = vec![None; messages.len()];
         let work = async {
@@ -273,5 +276,33 @@ impl Producer for RabbitProducer {
     async fn flush(&self) -> Result<()> {
         // Every send waits for its confirmation: nothing is left in flight.
         self.inner.check_open()
+    }
+
+    /// Refuses later sends, waits for those in flight (each ends confirmed
+    /// or failed), then closes this producer's confirm channels.
+    async fn close(&self) -> Result<()> {
+        self.gate.close().await;
+        for slot in &self.channels {
+            let channel = slot.lock().await.take();
+            if let Some((_, channel)) = channel
+                && channel.status().connected()
+            {
+                // Bounded: on a connection that died abruptly the reply
+                // may never come; the channel goes with the connection.
+                let closed = self
+                    .inner
+                    .bounded("close a confirm channel", async {
+                        channel
+                            .close(200, "producer closed".into())
+                            .await
+                            .map_err(|e| map(e, "close a confirm channel", &self.inner.endpoint))
+                    })
+                    .await;
+                if let Err(e) = closed {
+                    tracing::debug!(error = %e, "closing a confirm channel");
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mq_core::backend::SendGate;
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
 
 use crate::broker::Inner;
@@ -13,11 +14,16 @@ use crate::broker::Inner;
 pub struct RedisProducer {
     inner: Arc<Inner>,
     options: ProducerOptions,
+    gate: SendGate,
 }
 
 impl RedisProducer {
     pub(crate) fn new(inner: Arc<Inner>, options: ProducerOptions) -> Self {
-        RedisProducer { inner, options }
+        RedisProducer {
+            inner,
+            options,
+            gate: SendGate::new("redis producer"),
+        }
     }
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
@@ -31,6 +37,7 @@ impl RedisProducer {
     }
 
     async fn add_all(&self, topic: &str, messages: &[Message]) -> Result<Vec<Receipt>> {
+        let _pass = self.gate.enter()?;
         self.check(topic, messages)?;
         if messages.is_empty() {
             return Ok(Vec::new());
@@ -110,5 +117,11 @@ impl Producer for RedisProducer {
     async fn flush(&self) -> Result<()> {
         // Every send waits for its reply: nothing is left in flight.
         self.inner.check_open()
+    }
+
+    async fn close(&self) -> Result<()> {
+        // The connection is the broker's: only this producer's sends end.
+        self.gate.close().await;
+        Ok(())
     }
 }

@@ -42,6 +42,7 @@ impl Drop for InFlight<'_> {
 pub struct BalancedProducer {
     endpoints: Vec<Endpoint>,
     policy: Arc<dyn BalancePolicy>,
+    gate: crate::backend::SendGate,
 }
 
 impl BalancedProducer {
@@ -58,6 +59,7 @@ impl BalancedProducer {
                 })
                 .collect(),
             policy,
+            gate: crate::backend::SendGate::new("balanced producer"),
         }
     }
 
@@ -81,6 +83,7 @@ impl BalancedProducer {
         what: &str,
         op: impl Fn(&'a dyn Producer) -> BoxFuture<'a, Result<T>>,
     ) -> Result<T> {
+        let _pass = self.gate.enter()?;
         let n = self.endpoints.len();
         let mut tried = vec![false; n];
         let mut last_error = None;
@@ -154,6 +157,20 @@ impl Producer for BalancedProducer {
         let mut result = Ok(());
         for e in &self.endpoints {
             if let Err(err) = e.producer.flush().await {
+                result = Err(err);
+            }
+        }
+        result
+    }
+
+    /// Refuses later sends, waits for those in flight, then closes every
+    /// endpoint's producer (all of them, even after an error: the last
+    /// error is returned).
+    async fn close(&self) -> Result<()> {
+        self.gate.close().await;
+        let mut result = Ok(());
+        for e in &self.endpoints {
+            if let Err(err) = e.producer.close().await {
                 result = Err(err);
             }
         }

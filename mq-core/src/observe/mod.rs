@@ -329,6 +329,10 @@ impl Producer for InstrumentedProducer {
     async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
 }
 
 /// A consumer that traces each receive and hands out observed deliveries.

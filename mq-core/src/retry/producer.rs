@@ -79,6 +79,10 @@ impl Producer for RetryingProducer {
         }
     }
 
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }

@@ -157,6 +157,78 @@ pub async fn send_after_broker_close_is_error(broker: Arc<dyn Broker>) {
     assert!(ended.is_ok(), "an open consumer ends after the broker closes");
 }
 
+/// `Producer::close` waits for the sends in flight (each ends with a
+/// receipt or `Closed`, and every receipted message arrives), refuses later
+/// sends with `Closed`, is idempotent, and leaves the broker and its other
+/// producers working.
+pub async fn producer_close_waits_and_refuses_later_sends(broker: Arc<dyn Broker>) {
+    let topic = unique("prodclose");
+    let mut consumer = subscribe(&broker, Subscription::new(&topic, group_for(&topic, "g"))).await;
+    let producer: Arc<dyn Producer> = Arc::from(producer(&broker).await);
+    send(producer.as_ref(), &topic, Message::new("before")).await;
+    // Sends racing the close.
+    let mut sends = Vec::new();
+    for i in 0..20 {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        sends.push(tokio::spawn(async move {
+            let message = Message::new(format!("racing {i}"));
+            let id = message.id.clone();
+            (id, producer.send(&topic, message).await)
+        }));
+    }
+    tokio::task::yield_now().await;
+    tokio::time::timeout(wait(), producer.close())
+        .await
+        .expect("close returns once the sends in flight ended")
+        .expect("close");
+    let mut receipted = HashSet::new();
+    for s in sends {
+        let (id, result) = s.await.expect("send task");
+        match result {
+            Ok(_) => {
+                receipted.insert(id);
+            }
+            Err(Error::Closed { .. }) => {}
+            Err(e) => panic!("a send racing close ended with {e:?}, not a receipt or Closed"),
+        }
+    }
+    let err = producer
+        .send(&topic, Message::new("after"))
+        .await
+        .expect_err("send after the producer's close must fail");
+    assert!(
+        matches!(err, Error::Closed { .. }),
+        "expected Error::Closed, got {err:?}"
+    );
+    assert!(
+        matches!(
+            producer.send_batch(&topic, vec![Message::new("after")]).await,
+            Err(Error::Closed { .. })
+        ),
+        "send_batch after the producer's close"
+    );
+    producer.close().await.expect("closing twice is a no-op");
+
+    // The broker and a new producer still work; nothing receipted is lost.
+    let other = super::producer(&broker).await;
+    send(other.as_ref(), &topic, Message::new("other")).await;
+    let mut want = receipted.len() + 2;
+    let mut seen = HashSet::new();
+    while want > 0 {
+        let d = expect_delivery(consumer.as_mut(), "a message sent before or around the close").await;
+        seen.insert(d.message().id.clone());
+        d.ack().await.expect("ack");
+        want -= 1;
+    }
+    let missing: Vec<&String> = receipted.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "receipted before close, never delivered: {missing:?}"
+    );
+    let _ = consumer.close().await;
+}
+
 /// `recv` is cancel safe: dropped at any point (timeouts of 0 to 5 ms, over
 /// a thousand times) while messages flow, it loses nothing and leaves the
 /// consumer working: every message sent arrives.

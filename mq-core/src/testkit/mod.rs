@@ -109,6 +109,7 @@ macro_rules! __mq_for_each_check {
             cancelled_recv_loses_nothing,
             recv_after_close_returns_none,
             send_after_broker_close_is_error,
+            producer_close_waits_and_refuses_later_sends,
             health_answers_until_close,
             lag_counts_what_the_group_has_not_settled,
         }
