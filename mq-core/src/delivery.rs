@@ -306,6 +306,18 @@ impl fmt::Debug for Delivery {
     }
 }
 
+/// Acks every delivery of a batch (from
+/// [`Consumer::recv_many`](crate::Consumer::recv_many)) at once: the acks
+/// run concurrently, every one is tried, and the first error is returned.
+///
+/// # Errors
+///
+/// As [`Delivery::ack`], for the first delivery whose ack failed.
+pub async fn ack_all(deliveries: &[Delivery]) -> Result<()> {
+    let results = futures::future::join_all(deliveries.iter().map(Delivery::ack)).await;
+    results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+}
+
 /// The copy of `message` that goes to a dead-letter topic: the original with
 /// headers naming the reason, the original topic and group, and the attempts.
 ///

@@ -74,7 +74,7 @@ pub use broker::Broker;
 pub use capabilities::Capabilities;
 pub use config::{MqConfig, OptionValue};
 pub use consumer::{Consumer, ConsumerExt};
-pub use delivery::{AckHandle, Delivery, Nack, attempts_exhausted_reason, dead_letter_message};
+pub use delivery::{AckHandle, Delivery, Nack, ack_all, attempts_exhausted_reason, dead_letter_message};
 pub use error::{BoxError, Error, Result};
 pub use health::{Health, Lag};
 pub use message::{Headers, Message, new_id, time_from_millis};

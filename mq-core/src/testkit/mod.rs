@@ -35,6 +35,7 @@ use futures::future::BoxFuture;
 use crate::{Broker, Consumer, Delivery, Message, Producer, ProducerOptions, Subscription};
 
 mod basic;
+mod batch;
 pub mod faults;
 pub mod foreign;
 mod groups;
@@ -45,6 +46,7 @@ pub mod observe;
 mod settle;
 
 pub use basic::*;
+pub use batch::*;
 pub use groups::*;
 pub use lifecycle::*;
 pub use names::*;
@@ -112,6 +114,7 @@ macro_rules! __mq_for_each_check {
             producer_close_waits_and_refuses_later_sends,
             health_answers_until_close,
             lag_counts_what_the_group_has_not_settled,
+            recv_many_batches_in_order_and_waits_at_most_the_bound,
         }
     };
 }
