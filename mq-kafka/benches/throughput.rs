@@ -22,7 +22,10 @@
 //! Run: `cargo bench -p mq-kafka --bench throughput`. The cluster is
 //! `MQ_TEST_KAFKA_BROKERS` when set, else librdkafka's embedded mock cluster
 //! (in process, so it shares the CPU with both clients).
-//! `MQ_BENCH_MESSAGES` (default 100,000), `MQ_BENCH_ROUNDS` (default 5).
+//! `MQ_BENCH_MESSAGES` (default 100,000), `MQ_BENCH_ROUNDS` (default 5);
+//! `MQ_BENCH_KAFKA_EXTRA` is appended to mq's URL (for instance
+//! `&rdkafka.fetch.queue.backoff.ms=1000`, to try a librdkafka setting).
+//! mq also consumes with `recv_many(500)` and one `ack_all` per batch.
 //! Raw rdkafka reads 100,000 messages from the mock in about a tenth of a
 //! second, so a single stall of 20 to 50 ms (seen on this two-core machine)
 //! still moves a round a lot; fewer messages make that worse, and the mock
@@ -193,7 +196,9 @@ fn raw_consume(servers: &str, topic: &str, n: usize, read: Read) -> f64 {
     (n - 1) as f64 / started.unwrap().elapsed().as_secs_f64()
 }
 
-async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize) -> f64 {
+/// mq consuming a new group: one `recv` and `ack` at a time, or (`many`)
+/// `recv_many(500)` and one `ack_all` per batch.
+async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize, many: bool) -> f64 {
     let mut consumer = broker
         .subscribe(
             Subscription::new(topic, unique("mq"))
@@ -207,10 +212,21 @@ async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize) -> f64 {
     // One bound for the whole read (the raw side's is its poll timeout).
     let read = async {
         while got < n {
-            let d = consumer.recv().await.unwrap().expect("the consumer ended early");
-            started.get_or_insert_with(Instant::now);
-            d.ack().await.unwrap();
-            got += 1;
+            if many {
+                let batch = consumer
+                    .recv_many(500, Duration::from_secs(120))
+                    .await
+                    .unwrap()
+                    .expect("the consumer ended early");
+                started.get_or_insert_with(Instant::now);
+                got += batch.len();
+                mq_core::ack_all(&batch).await.unwrap();
+            } else {
+                let d = consumer.recv().await.unwrap().expect("the consumer ended early");
+                started.get_or_insert_with(Instant::now);
+                d.ack().await.unwrap();
+                got += 1;
+            }
         }
     };
     let finished = tokio::time::timeout(Duration::from_secs(120), read).await;
@@ -243,10 +259,14 @@ async fn main() {
     );
     for linger in [5u32, 0] {
         let raw_producer: FutureProducer = producer_config(&servers, linger).create().unwrap();
-        let url = format!("kafka://{servers}?rdkafka.linger.ms={linger}{mq_extra}");
+        let url = format!(
+            "kafka://{servers}?rdkafka.linger.ms={linger}{mq_extra}{}",
+            std::env::var("MQ_BENCH_KAFKA_EXTRA").unwrap_or_default()
+        );
         let broker = KafkaBroker::connect(KafkaConfig::from_url(&BrokerUrl::parse(&url).unwrap()).unwrap())
             .await
             .unwrap();
+        let mut mm = Vec::new();
         let (mut rp, mut mp, mut rc, mut hc, mut oc, mut mc) = (
             Vec::new(),
             Vec::new(),
@@ -285,24 +305,28 @@ async fn main() {
                 rc.push(raw(&raw_topic, Read::Plain).await.unwrap());
                 hc.push(raw(&mq_topic, Read::Headers).await.unwrap());
                 oc.push(raw(&mq_topic, Read::Owned).await.unwrap());
-                mc.push(mq_consume(&broker, &mq_topic, n + 1).await);
+                mc.push(mq_consume(&broker, &mq_topic, n + 1, false).await);
+                mm.push(mq_consume(&broker, &mq_topic, n + 1, true).await);
             } else {
-                mc.push(mq_consume(&broker, &mq_topic, n + 1).await);
+                mm.push(mq_consume(&broker, &mq_topic, n + 1, true).await);
+                mc.push(mq_consume(&broker, &mq_topic, n + 1, false).await);
                 oc.push(raw(&mq_topic, Read::Owned).await.unwrap());
                 hc.push(raw(&mq_topic, Read::Headers).await.unwrap());
                 rc.push(raw(&raw_topic, Read::Plain).await.unwrap());
             }
             println!(
-                "  linger.ms={linger} round {}: produce raw {:.0} mq {:.0}; consume+ack raw {:.0} raw-headers {:.0} raw-owned {:.0} mq {:.0}",
+                "  linger.ms={linger} round {}: produce raw {:.0} mq {:.0}; consume+ack raw {:.0} raw-headers {:.0} raw-owned {:.0} mq {:.0} mq recv_many {:.0}",
                 round + 1,
                 rp[round],
                 mp[round],
                 rc[round],
                 hc[round],
                 oc[round],
-                mc[round]
+                mc[round],
+                mm[round]
             );
         }
+        let mm = median(mm);
         let (rp, mp, rc, hc, oc, mc) = (
             median(rp),
             median(mp),
@@ -321,6 +345,12 @@ async fn main() {
             mc / rc,
             mc / hc,
             mc / oc
+        );
+        println!(
+            "linger.ms={linger}  consume+ack with recv_many(500) + ack_all: {mm:.0} msg/s, ratio to recv + ack {:.2}, \
+             to raw reading headers {:.2}",
+            mm / mc,
+            mm / hc
         );
         broker.close().await.unwrap();
     }

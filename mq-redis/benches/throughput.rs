@@ -4,6 +4,7 @@
 //! (a) `send`, one at a time, vs a raw redis-rs XADD loop (same fields);
 //! (b) `send_batch` of 100 vs `redis-benchmark` XADD with `-P 16`;
 //! (c) consume + ack (prefetch 200) vs a raw XREADGROUP COUNT 100 + XACK loop;
+//!     and `recv_many(200)` with one `ack_all` per batch against `recv`;
 //!     and the same SDK instrumented (`mq_core::observe`, what the registry
 //!     hands out): with nothing installed, and in a process of its own with
 //!     a `tracing` subscriber and the Prometheus recorder installed.
@@ -241,6 +242,32 @@ async fn sdk_consume(sdk: Sdk, broker: &Arc<RedisBroker>, n: usize, payload: &By
     d
 }
 
+/// (c) with `recv_many(200)` and one `ack_all` per batch.
+async fn sdk_consume_many(broker: &Arc<RedisBroker>, n: usize, payload: &Bytes) -> Duration {
+    let topic = unique("sdk-consume-many");
+    let sub = Subscription::new(&topic, "g")
+        .start(mq_core::StartPosition::Earliest)
+        .prefetch(200);
+    let mut consumer = broker.subscribe(sub).await.unwrap();
+    fill(broker, &topic, n, payload).await;
+    let start = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        let batch = consumer
+            .recv_many(200, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!batch.is_empty(), "no message within 5 s");
+        seen += batch.len();
+        mq_core::ack_all(&batch).await.unwrap();
+    }
+    consumer.close().await.unwrap();
+    let d = start.elapsed();
+    cleanup(&mut raw_conn().await, &format!("mq:{topic}*")).await;
+    d
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -314,7 +341,8 @@ fn main() {
         Vec::new(),
         Vec::new(),
     );
-    let (mut c_quiet, mut c_logs, mut c_traces) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut c_quiet, mut c_logs, mut c_traces, mut c_many) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // (b) sends five times as many: batches are fast and short runs are noisy.
     let nb = n * 5;
     // Warm-up.
@@ -327,8 +355,8 @@ fn main() {
                 a_sdk.push(rate(n, runtime.block_on(sdk_send(&broker, n, &payload))));
                 b_sdk.push(rate(nb, runtime.block_on(sdk_batch(&broker, nb, &payload))));
                 // (c)'s SDK contenders, in an order rotated each round.
-                for k in 0..4 {
-                    match (round + k) % 4 {
+                for k in 0..5 {
+                    match (round + k) % 5 {
                         0 => c_sdk.push(rate(
                             n,
                             runtime.block_on(sdk_consume(Sdk::Bare, &broker, n, &payload)),
@@ -338,6 +366,7 @@ fn main() {
                             runtime.block_on(sdk_consume(Sdk::Instrumented, &broker, n, &payload)),
                         )),
                         2 => c_logs.push(observed::in_child(&format!("logs:{n}"))),
+                        3 => c_many.push(rate(n, runtime.block_on(sdk_consume_many(&broker, n, &payload)))),
                         _ => c_traces.push(observed::in_child(&format!("traces:{n}"))),
                     }
                 }
@@ -372,6 +401,12 @@ fn main() {
         0.8,
     );
     let show = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
+    let many = median(c_many.clone());
+    println!(
+        "(c) recv_many(200) + ack_all: {many:>9.0} msg/s   ratio (/ recv + ack, mq-redis) {:.3}",
+        many / bare
+    );
+    println!("    rounds: {}", show(&c_many));
     for (name, v, target) in [
         ("instrumented, nothing installed", c_quiet, "within 2%"),
         (
