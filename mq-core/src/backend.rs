@@ -1,9 +1,13 @@
-//! Helpers for backend authors: reading what arrives off the wire without
-//! trusting it, and checking names against a broker's limits before the
-//! network.
+//! Helpers for backend authors: the handle a delivery settles through
+//! ([`AckHandle`], with [`Delivery::new`](crate::Delivery::new)), the checks
+//! every send makes ([`check_send`], [`NameLimits`]), dead-letter copies
+//! ([`dead_letter_message`]), reading what arrives off the wire without
+//! trusting it, and closing producers ([`SendGate`]).
 //!
 //! Applications do not need this module.
 
+pub use crate::delivery::{AckHandle, attempts_exhausted_reason, dead_letter_message};
+pub use crate::producer::check_send;
 use crate::{Error, Message, Result, Subscription};
 
 /// The attempt count a message carries in a header or field, read without

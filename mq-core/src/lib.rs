@@ -74,11 +74,16 @@ pub use broker::Broker;
 pub use capabilities::Capabilities;
 pub use config::{MqConfig, OptionValue};
 pub use consumer::{Consumer, ConsumerExt};
-pub use delivery::{AckHandle, Delivery, Nack, ack_all, attempts_exhausted_reason, dead_letter_message};
+pub use delivery::{Delivery, Nack, ack_all};
+// Moved to `mq_core::backend`; kept at the root, hidden, for one release.
+#[doc(hidden)]
+pub use delivery::{AckHandle, attempts_exhausted_reason, dead_letter_message};
 pub use error::{BoxError, Error, Result};
 pub use health::{Health, Lag};
 pub use message::{Headers, Message, new_id, time_from_millis};
-pub use producer::{Position, Producer, ProducerExt, ProducerOptions, Receipt, check_send};
+#[doc(hidden)]
+pub use producer::check_send;
+pub use producer::{Position, Producer, ProducerExt, ProducerOptions, Receipt};
 pub use registry::{Connector, Registry};
 pub use subscription::{StartPosition, Subscription};
 pub use url::{BrokerUrl, HostPort, Secret};

@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use mq_core::backend::{AckHandle, dead_letter_message};
 use mq_core::{
-    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, StartPosition, Subscription,
-    dead_letter_message, headers, time_from_millis,
+    Consumer, Delivery, Error, Message, Nack, Result, StartPosition, Subscription, headers, time_from_millis,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::RDKafkaErrorCode;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send, headers};
+use mq_core::backend::check_send;
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, headers};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mq_core::{Delivery, Error, Message, Nack, Producer, Receipt, Result, check_send};
+use mq_core::backend::check_send;
+use mq_core::{Delivery, Error, Message, Nack, Producer, Receipt, Result};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};

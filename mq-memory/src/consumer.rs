@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::{AckHandle, Consumer, Delivery, Error, Nack, Result};
+use mq_core::backend::AckHandle;
+use mq_core::{Consumer, Delivery, Error, Nack, Result};
 use tokio::time::Instant;
 
 use crate::broker::Inner;

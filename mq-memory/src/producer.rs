@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::backend::SendGate;
-use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
+use mq_core::backend::{SendGate, check_send};
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
 
 use crate::broker::Inner;
 use crate::topic::{Topic, Woken, wake};

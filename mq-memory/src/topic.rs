@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use mq_core::{Message, Nack, StartPosition, Subscription, dead_letter_message};
+use mq_core::backend::dead_letter_message;
+use mq_core::{Message, Nack, StartPosition, Subscription};
 use tokio::time::Instant;
 
 /// A message bound for a dead-letter topic: `(topic, message)`.

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mq_core::backend::AckHandle;
 use mq_core::{
-    AckHandle, Broker, Capabilities, Consumer, Delivery, Message, Nack, Producer, ProducerOptions, Receipt,
-    Result, Subscription, testkit,
+    Broker, Capabilities, Consumer, Delivery, Message, Nack, Producer, ProducerOptions, Receipt, Result,
+    Subscription, testkit,
 };
 use mq_memory::MemoryBroker;
 

@@ -14,9 +14,8 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use mq_core::{
-    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, Subscription, dead_letter_message,
-};
+use mq_core::backend::{AckHandle, dead_letter_message};
+use mq_core::{Consumer, Delivery, Error, Message, Nack, Result, Subscription};
 
 use crate::broker::{Inner, lost};
 use crate::codec;

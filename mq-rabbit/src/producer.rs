@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use lapin::Channel;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
-use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
+use mq_core::backend::check_send;
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
 
 use crate::broker::Inner;
 use crate::codec;

@@ -7,15 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mq_core::{
-    AckHandle, Consumer, Delivery, Error, Message, Nack, Result, Subscription, dead_letter_message,
-};
+use mq_core::backend::{AckHandle, add_attempts, dead_letter_message};
+use mq_core::{Consumer, Delivery, Error, Message, Nack, Result, Subscription};
 use redis::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-use mq_core::backend::add_attempts;
 
 use crate::broker::Inner;
 use crate::codec::{self, Entry};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::backend::SendGate;
-use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result, check_send};
+use mq_core::backend::{SendGate, check_send};
+use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
 
 use crate::broker::Inner;
 
