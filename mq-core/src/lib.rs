@@ -50,6 +50,7 @@ pub mod backend;
 pub mod balance;
 mod broker;
 mod capabilities;
+pub mod codec;
 mod config;
 mod consumer;
 mod delivery;

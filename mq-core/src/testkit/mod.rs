@@ -44,6 +44,7 @@ pub mod logs;
 mod names;
 pub mod observe;
 mod settle;
+mod typed;
 
 pub use basic::*;
 pub use batch::*;
@@ -51,6 +52,7 @@ pub use groups::*;
 pub use lifecycle::*;
 pub use names::*;
 pub use settle::*;
+pub use typed::*;
 
 /// The longest any check waits for one expected delivery, unless changed
 /// with [`set_wait`].
@@ -115,6 +117,7 @@ macro_rules! __mq_for_each_check {
             health_answers_until_close,
             lag_counts_what_the_group_has_not_settled,
             recv_many_batches_in_order_and_waits_at_most_the_bound,
+            typed_handler_dead_letters_what_cannot_succeed,
         }
     };
 }

@@ -54,7 +54,8 @@ pub type HandlerResult = Result<Vec<Publish>, BoxError>;
 pub trait Handler: Send + Sync + 'static {
     /// Handles one job; `Err` (or a panic, or the worker's time-out) means
     /// failure: the message is requeued with the retry policy's delay, or
-    /// dead-lettered once the policy says stop.
+    /// dead-lettered once the policy says stop; an error made with
+    /// [`permanent`](super::permanent) is dead-lettered at once.
     async fn handle(&self, job: Job) -> HandlerResult;
 }
 

@@ -32,9 +32,11 @@
 
 mod handler;
 mod idempotency;
+mod typed;
 
 pub use handler::{Handler, HandlerResult, Job, Publish};
 pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+pub use typed::{Meta, Permanent, Typed, json, permanent, typed};
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -155,7 +157,9 @@ impl LiveStats {
 /// * `Ok(outputs)`: the outputs are published, then the message is acked.
 /// * `Err`, a panic, or the [`timeout`](Worker::timeout): the message is
 ///   requeued after the [`retry`](Worker::retry) policy's delay, or
-///   dead-lettered (with the error as the reason) once the policy says stop.
+///   dead-lettered (with the error as the reason) once the policy says stop;
+///   a [`permanent`] error (a payload a [typed](typed()) handler cannot
+///   decode, say) is dead-lettered at once.
 /// * [`rate_limit`](Worker::rate_limit) caps messages started per second.
 /// * When the token is cancelled the worker stops taking deliveries, lets
 ///   in-flight handlers finish for up to [`grace`](Worker::grace), requeues
@@ -451,7 +455,13 @@ impl Shared {
                     Failure::Error(e) => e,
                     other => other.reason().into(),
                 };
-                match self.retry.next_delay(delivery.attempt(), age, error.as_ref()) {
+                // A permanent failure is dead-lettered now, whatever the policy says.
+                let next = if typed::is_permanent(&error) {
+                    None
+                } else {
+                    self.retry.next_delay(delivery.attempt(), age, error.as_ref())
+                };
+                match next {
                     Some(delay) => {
                         tracing::debug!(id = %message.id, attempt = delivery.attempt(), ?delay, %reason, "worker: requeuing");
                         settle(delivery.nack(Nack::requeue_after(delay)).await);
