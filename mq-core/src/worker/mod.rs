@@ -32,10 +32,12 @@
 
 mod handler;
 mod idempotency;
+mod router;
 mod typed;
 
 pub use handler::{Handler, HandlerResult, Job, Publish};
 pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+pub use router::{Route, RouteStats, RouteStatus, Router, RouterHandle};
 pub use typed::{Meta, Permanent, Typed, json, permanent, typed};
 
 use std::collections::HashMap;
