@@ -179,6 +179,16 @@ impl RouterHandle {
         self.broker.health().await
     }
 
+    /// The live counters of route `index` (in the order added), read
+    /// without a round trip.
+    pub fn live(&self, index: usize) -> Option<LiveStats> {
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(index)
+            .map(|(_, _, live)| live.clone())
+    }
+
     /// Each running route's counters and lag.
     pub async fn status(&self) -> Vec<RouteStatus> {
         let routes = self
