@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{BrokerUrl, Result};
 
 /// A scalar option value from a config file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 #[non_exhaustive]
 pub enum OptionValue {
@@ -49,7 +49,8 @@ impl std::fmt::Display for OptionValue {
 /// assert_eq!(config.to_url()?.option("capacity"), Some("500"));
 /// # Ok::<(), mq_core::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MqConfig {
     /// The broker URL. `Debug` shows it with the password redacted.

@@ -64,6 +64,8 @@ mod registry;
 pub mod reply;
 pub mod retry;
 mod rng;
+#[cfg(feature = "service-config")]
+pub mod service;
 mod subscription;
 pub mod url;
 pub mod worker;
