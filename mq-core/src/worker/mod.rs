@@ -32,11 +32,13 @@
 
 mod handler;
 mod idempotency;
+mod layers;
 mod router;
 mod typed;
 
 pub use handler::{Handler, HandlerResult, Job, Publish};
 pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+pub use layers::{HandlerService, ServiceHandler, service};
 pub use router::{Route, RouteStats, RouteStatus, Router, RouterHandle};
 pub use typed::{Meta, Permanent, Typed, json, permanent, typed};
 
