@@ -122,3 +122,84 @@ async fn a_route_that_cannot_subscribe_fails_the_run_before_anything_starts() {
         .expect_err("an empty topic cannot be subscribed");
     assert!(err.to_string().contains("topic"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_route_settles_each_batch_at_once_and_retries_a_failed_one() {
+    use std::sync::Mutex;
+    let broker: Arc<dyn Broker> = Arc::new(mq_memory::MemoryBroker::new());
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let batches: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let seen = batches.clone();
+    let router = Router::new(broker.clone()).route(
+        Route::batch(
+            Subscription::new("batched", "g"),
+            move |jobs: Vec<Job>| {
+                let seen = seen.clone();
+                async move {
+                    let payloads: Vec<String> = jobs
+                        .iter()
+                        .map(|j| String::from_utf8_lossy(&j.message.payload).into_owned())
+                        .collect();
+                    // The batch holding `bad` fails the first time it comes.
+                    let fail = jobs
+                        .iter()
+                        .any(|j| &j.message.payload[..] == b"bad" && j.attempt == 1);
+                    seen.lock().unwrap().push(payloads);
+                    if fail {
+                        return Err("the batch store is down".into());
+                    }
+                    HandlerResult::Ok(vec![])
+                }
+            },
+            8,
+            Duration::from_millis(100),
+        )
+        .retry(Arc::new(mq_core::retry::Fixed::new(Duration::from_millis(10)))),
+    );
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel::<RouterHandle>();
+    let running = tokio::spawn(router.run_with(stop.clone(), move |handle| {
+        let _ = tx.send(handle);
+    }));
+    let handle = rx.await.expect("the router started");
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let payload = if i == 7 {
+            "bad".to_string()
+        } else {
+            format!("m{i}")
+        };
+        producer
+            .send("batched", Message::new(payload.clone()))
+            .await
+            .unwrap();
+        sent.push(payload);
+    }
+    let live = handle.live(0).expect("the batch route");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while live.snapshot().handled < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch route did not get through: {:?}",
+            live.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let stats = running.await.unwrap().unwrap();
+    let batches = batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().all(|b| !b.is_empty() && b.len() <= 8),
+        "batch sizes: {batches:?}"
+    );
+    let with_bad = batches.iter().filter(|b| b.contains(&"bad".to_string())).count();
+    assert_eq!(with_bad, 2, "the failed batch's messages came again: {batches:?}");
+    let mut handled: Vec<String> = batches.iter().flatten().cloned().collect();
+    handled.sort();
+    handled.dedup();
+    sent.sort();
+    assert_eq!(handled, sent, "every message reached the batch handler");
+    assert_eq!(stats[0].stats.handled, 20, "{:?}", stats[0]);
+    assert!(stats[0].stats.failed >= 1, "{:?}", stats[0]);
+    assert_eq!(stats[0].stats.dead_lettered, 0, "{:?}", stats[0]);
+}

@@ -30,12 +30,14 @@
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(run()).unwrap();
 //! ```
 
+mod batch;
 mod handler;
 mod idempotency;
 mod layers;
 mod router;
 mod typed;
 
+pub use batch::BatchHandler;
 pub use handler::{Handler, HandlerResult, Job, Publish};
 pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 pub use layers::{HandlerService, ServiceHandler, service};

@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, HandlerResult, Job, LiveStats, Worker, WorkerStats};
+use super::batch::{BatchHandler, BatchRun};
+use super::{Counters, Handler, HandlerResult, Job, LiveStats, Worker, WorkerStats};
 use crate::retry::{ExponentialBackoff, RetryPolicy};
 use crate::{Broker, Health, Lag, Result, Subscription};
 
@@ -22,7 +23,7 @@ use crate::{Broker, Health, Lag, Result, Subscription};
 /// the subscription's count still caps it.
 pub struct Route {
     subscription: Subscription,
-    handler: Arc<dyn Handler>,
+    handler: Kind,
     concurrency: usize,
     retry: Option<Arc<dyn RetryPolicy>>,
     timeout: Option<Duration>,
@@ -44,7 +45,27 @@ impl Route {
     pub fn new(subscription: Subscription, handler: impl Handler) -> Self {
         Route {
             subscription,
-            handler: Arc::new(handler),
+            handler: Kind::One(Arc::new(handler)),
+            concurrency: 1,
+            retry: None,
+            timeout: None,
+        }
+    }
+
+    /// `handler` on `subscription`, called with batches of up to `max`
+    /// jobs: each batch is what [`recv_many`](crate::Consumer::recv_many)
+    /// hands out within `wait`, and is settled all at once (see
+    /// [`BatchHandler`]). One batch at a time; the route's retry policy
+    /// and the subscription's max attempts apply to each delivery of a
+    /// failed batch. (Concurrency and time-out are for routes of one job.)
+    pub fn batch(subscription: Subscription, handler: impl BatchHandler, max: usize, wait: Duration) -> Self {
+        Route {
+            subscription,
+            handler: Kind::Batch {
+                handler: Arc::new(handler),
+                max: max.max(1),
+                wait,
+            },
             concurrency: 1,
             retry: None,
             timeout: None,
@@ -68,6 +89,16 @@ impl Route {
         self.timeout = Some(limit);
         self
     }
+}
+
+/// A route's handler: of one job, or of a batch.
+enum Kind {
+    One(Arc<dyn Handler>),
+    Batch {
+        handler: Arc<dyn BatchHandler>,
+        max: usize,
+        wait: Duration,
+    },
 }
 
 /// The route's handler, shared with its worker.
@@ -305,21 +336,49 @@ impl Router {
                 policy,
                 max_attempts: route.subscription.max_attempts,
             });
-            let mut worker = Worker::new(consumer)
-                .concurrency(route.concurrency)
-                .retry(retry)
-                .grace(self.grace)
-                .producer(producer.clone());
-            if let Some(limit) = route.timeout {
-                worker = worker.timeout(limit);
-            }
             let (topic, group) = (route.subscription.topic.clone(), route.subscription.group.clone());
+            let (live, task) = match route.handler {
+                Kind::One(handler) => {
+                    let mut worker = Worker::new(consumer)
+                        .concurrency(route.concurrency)
+                        .retry(retry)
+                        .grace(self.grace)
+                        .producer(producer.clone());
+                    if let Some(limit) = route.timeout {
+                        worker = worker.timeout(limit);
+                    }
+                    let live = worker.stats();
+                    (
+                        live,
+                        tokio::spawn(worker.run(SharedHandler(handler), stop.clone())),
+                    )
+                }
+                Kind::Batch { handler, max, wait } => {
+                    let counters = Arc::new(Counters::default());
+                    let run = BatchRun {
+                        handler,
+                        max,
+                        wait,
+                        retry,
+                        producer: producer.clone(),
+                        counters: counters.clone(),
+                    };
+                    let live = LiveStats {
+                        counters: counters.clone(),
+                    };
+                    let stop = stop.clone();
+                    let task = tokio::spawn(async move {
+                        run.run(consumer, stop).await?;
+                        Ok(counters.snapshot())
+                    });
+                    (live, task)
+                }
+            };
             handle
                 .routes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((topic.clone(), group.clone(), worker.stats()));
-            let task = tokio::spawn(worker.run(SharedHandler(route.handler), stop.clone()));
+                .push((topic.clone(), group.clone(), live));
             running.push((topic, group, task));
         }
         started(handle);
