@@ -64,6 +64,11 @@ impl Service<Job> for HandlerService {
 /// goes to a clone of the service, once it is ready; its error is the
 /// handler's (retried by the worker's policy, unless
 /// [`permanent`](super::permanent)).
+///
+/// Layers whose state must be shared by every job either share it across
+/// clones (tower's `ConcurrencyLimit` does, through one semaphore) or are
+/// not `Clone` (tower's `RateLimit`): put those behind tower's `Buffer`
+/// layer, which is `Clone` and funnels every job through one instance.
 pub struct ServiceHandler<S> {
     // Behind a lock only to be cloned: layers such as tower's concurrency
     // limit are `Send` but not `Sync`.
