@@ -229,18 +229,26 @@ impl Inner {
         Ok((generation, channel))
     }
 
-    /// The control channel (topology, requeue copies, dead letters).
-    pub(crate) async fn control(&self) -> Result<(u64, Channel)> {
-        let mut control = self.control.lock().await;
-        if let Some((generation, channel)) = control.as_ref()
+    /// The confirm channel kept in `slot` while it is open AND on the
+    /// current connection, else a new one, kept there. After a connection
+    /// died abruptly its channels were seen to keep reporting themselves
+    /// open: the generation is what tells.
+    pub(crate) async fn reuse_or_open(&self, slot: &mut Option<(u64, Channel)>) -> Result<(u64, Channel)> {
+        if let Some((generation, channel)) = slot.as_ref()
             && channel.status().connected()
-            && *generation == self.generation.load(Ordering::Acquire)
+            && *generation == self.generation()
         {
             return Ok((*generation, channel.clone()));
         }
         let fresh = self.confirm_channel().await?;
-        *control = Some(fresh.clone());
+        *slot = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// The control channel (topology, requeue copies, dead letters).
+    pub(crate) async fn control(&self) -> Result<(u64, Channel)> {
+        let mut control = self.control.lock().await;
+        self.reuse_or_open(&mut control).await
     }
 
     fn is_declared(&self, generation: u64, what: &str) -> bool {

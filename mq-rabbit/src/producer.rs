@@ -50,23 +50,12 @@ impl RabbitProducer {
     }
 
     /// A confirm channel of the current connection, from the slots in
-    /// turn, with its slot's index. A slot's channel is reused only while
-    /// it is open AND belongs to the broker's current connection: after a
-    /// connection died abruptly, its channels were seen to keep reporting
-    /// themselves connected, and publishes on them never completed.
+    /// turn, with its slot's index (see [`Inner::reuse_or_open`]: a
+    /// channel of a dead connection once kept publishers stalled for good).
     async fn channel(&self) -> Result<(usize, Channel)> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         let mut slot = self.channels[i].lock().await;
-        if let Some((generation, channel)) = slot.as_ref()
-            && channel.status().connected()
-            && *generation == self.inner.generation()
-        {
-            return Ok((i, channel.clone()));
-        }
-        let fresh = self.inner.confirm_channel().await?;
-        let channel = fresh.1.clone();
-        *slot = Some(fresh);
-        Ok((i, channel))
+        Ok((i, self.inner.reuse_or_open(&mut slot).await?.1))
     }
 
     /// Forgets the channel in slot `i` if it is still `channel`: a publish
