@@ -174,7 +174,7 @@ async fn run() -> mq_core::Result<()> {
     let signals = tokio::spawn({
         let stop = stop.clone();
         async move {
-            wait_for_signal().await;
+            mq_core::worker::shutdown_signal().await;
             stop.cancel();
         }
     });
@@ -232,19 +232,4 @@ async fn send_demo(broker: &dyn mq_core::Broker, topic: &str, orders: usize) -> 
         )
         .await?;
     producer.close().await
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Counters, HandlerResult, Job};
 use crate::retry::RetryPolicy;
-use crate::{BoxError, Consumer, Delivery, Nack, Producer, Result};
+use crate::{BoxError, Consumer, Delivery, Producer, Result};
 
 /// Handles a batch of jobs at once: `Ok(outputs)` publishes the outputs and
 /// acks every delivery of the batch; `Err` (or a panic) gives every one
@@ -70,10 +70,9 @@ impl BatchRun {
                 Err(e) => {
                     errors_in_a_row = errors_in_a_row.saturating_add(1);
                     tracing::warn!(error = %e, "batch route: recv_many failed");
-                    let backoff = Duration::from_millis(50 * u64::from(errors_in_a_row.min(20)));
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => continue,
+                        () = tokio::time::sleep(super::recv_error_backoff(errors_in_a_row)) => continue,
                     }
                 }
             };
@@ -127,24 +126,16 @@ impl BatchRun {
             Err(error) => {
                 self.counters.failed.fetch_add(n, Ordering::Relaxed);
                 let reason = error.to_string();
-                let permanent = super::typed::is_permanent(&error);
                 for delivery in &batch {
-                    let age = SystemTime::now()
-                        .duration_since(delivery.message().timestamp)
-                        .unwrap_or_default();
-                    let next = if permanent {
-                        None
-                    } else {
-                        self.retry.next_delay(delivery.attempt(), age, error.as_ref())
-                    };
-                    let settled = match next {
-                        Some(delay) => delivery.nack(Nack::requeue_after(delay)).await,
-                        None => {
-                            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                            delivery.nack(Nack::dead_letter(reason.clone())).await
-                        }
-                    };
-                    if let Err(e) = settled {
+                    let given = super::give_back(
+                        delivery,
+                        &error,
+                        reason.clone(),
+                        self.retry.as_ref(),
+                        &self.counters,
+                    )
+                    .await;
+                    if let Err(e) = given {
                         tracing::warn!(id = %delivery.message().id, error = %e, "batch route: settling failed");
                     }
                 }

@@ -41,7 +41,7 @@ pub use batch::BatchHandler;
 pub use handler::{Handler, HandlerResult, Job, Publish};
 pub use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 pub use layers::{HandlerService, ServiceHandler, service};
-pub use router::{Route, RouteStats, RouteStatus, Router, RouterHandle};
+pub use router::{Route, RouteStats, RouteStatus, Router, RouterHandle, shutdown_signal};
 pub use typed::{Meta, Permanent, Typed, json, permanent, typed};
 
 use std::collections::HashMap;
@@ -296,10 +296,9 @@ impl Worker {
                 Err(e) => {
                     errors_in_a_row += 1;
                     tracing::warn!(error = %e, "worker: recv failed");
-                    let backoff = Duration::from_millis(50 * u64::from(errors_in_a_row.min(20)));
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => continue,
+                        () = tokio::time::sleep(recv_error_backoff(errors_in_a_row)) => continue,
                     }
                 }
             };
@@ -359,6 +358,45 @@ struct Running(Arc<Counters>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a consumer loop waits after its `errors`-th failed receive in
+/// a row: 50 ms more each time, at most 1 s.
+fn recv_error_backoff(errors: u32) -> Duration {
+    Duration::from_millis(50 * u64::from(errors.min(20)))
+}
+
+/// Gives back a delivery whose handling failed with `error`: requeued
+/// after the retry policy's delay for its attempt, or dead-lettered with
+/// `reason` (and counted) when the policy says stop or the error is
+/// [`permanent`], whatever the policy says.
+async fn give_back(
+    delivery: &Delivery,
+    error: &BoxError,
+    reason: String,
+    retry: &dyn RetryPolicy,
+    counters: &Counters,
+) -> Result<()> {
+    let message = delivery.message();
+    let age = SystemTime::now()
+        .duration_since(message.timestamp)
+        .unwrap_or_default();
+    let next = if typed::is_permanent(error) {
+        None
+    } else {
+        retry.next_delay(delivery.attempt(), age, error.as_ref())
+    };
+    match next {
+        Some(delay) => {
+            tracing::debug!(id = %message.id, attempt = delivery.attempt(), ?delay, %reason, "worker: requeuing");
+            delivery.nack(Nack::requeue_after(delay)).await
+        }
+        None => {
+            counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(id = %message.id, attempt = delivery.attempt(), %reason, "worker: dead-lettering");
+            delivery.nack(Nack::dead_letter(reason)).await
+        }
     }
 }
 
@@ -454,30 +492,11 @@ impl Shared {
             Err(failure) => {
                 self.count_failure(&failure);
                 let reason = failure.reason();
-                let age = SystemTime::now()
-                    .duration_since(message.timestamp)
-                    .unwrap_or_default();
                 let error: BoxError = match failure {
                     Failure::Error(e) => e,
                     other => other.reason().into(),
                 };
-                // A permanent failure is dead-lettered now, whatever the policy says.
-                let next = if typed::is_permanent(&error) {
-                    None
-                } else {
-                    self.retry.next_delay(delivery.attempt(), age, error.as_ref())
-                };
-                match next {
-                    Some(delay) => {
-                        tracing::debug!(id = %message.id, attempt = delivery.attempt(), ?delay, %reason, "worker: requeuing");
-                        settle(delivery.nack(Nack::requeue_after(delay)).await);
-                    }
-                    None => {
-                        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(id = %message.id, attempt = delivery.attempt(), %reason, "worker: dead-lettering");
-                        settle(delivery.nack(Nack::dead_letter(reason)).await);
-                    }
-                }
+                settle(give_back(delivery, &error, reason, self.retry.as_ref(), &self.counters).await);
             }
         }
     }

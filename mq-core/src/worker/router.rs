@@ -411,6 +411,15 @@ impl Router {
 
 /// Cancels `stop` on SIGINT or (Unix) SIGTERM.
 async fn signalled(stop: CancellationToken) {
+    shutdown_signal().await;
+    tracing::info!("router: signal received, draining");
+    stop.cancel();
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM: what
+/// [`Router::run_until_signal`] waits for, for a service that stops its
+/// router with its own token.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -431,6 +440,4 @@ async fn signalled(stop: CancellationToken) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("router: signal received, draining");
-    stop.cancel();
 }
