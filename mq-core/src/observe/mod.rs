@@ -221,6 +221,25 @@ impl InstrumentedProducer {
             .clone()
     }
 
+    /// Runs a send of `count` messages under `span`, timing it, counting
+    /// it and marking the span on failure.
+    async fn measured<T>(
+        &self,
+        topic: &str,
+        span: Span,
+        count: usize,
+        send: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let metrics = self.metrics(topic);
+        let started = Instant::now();
+        let result = tracing::Instrument::instrument(send, span.clone()).await;
+        metrics.sent(count, started.elapsed(), result.as_ref().err());
+        if let Err(e) = &result {
+            record_error(&span, e);
+        }
+        result
+    }
+
     fn span(&self, topic: &str, first: Option<&Message>, count: Option<usize>) -> Span {
         let span = tracing::debug_span!(
             target: "mq",
@@ -294,14 +313,8 @@ impl Producer for InstrumentedProducer {
             otel::inject(&span, &mut message.headers);
             message
         };
-        let metrics = self.metrics(topic);
-        let started = Instant::now();
-        let result = tracing::Instrument::instrument(self.inner.send(topic, message), span.clone()).await;
-        metrics.sent(1, started.elapsed(), result.as_ref().err());
-        if let Err(e) = &result {
-            record_error(&span, e);
-        }
-        result
+        self.measured(topic, span, 1, self.inner.send(topic, message))
+            .await
     }
 
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
@@ -315,15 +328,8 @@ impl Producer for InstrumentedProducer {
             }
             messages
         };
-        let metrics = self.metrics(topic);
-        let started = Instant::now();
-        let result =
-            tracing::Instrument::instrument(self.inner.send_batch(topic, messages), span.clone()).await;
-        metrics.sent(count, started.elapsed(), result.as_ref().err());
-        if let Err(e) = &result {
-            record_error(&span, e);
-        }
-        result
+        self.measured(topic, span, count, self.inner.send_batch(topic, messages))
+            .await
     }
 
     async fn flush(&self) -> Result<()> {
