@@ -4,6 +4,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers panic on failure by design
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -137,19 +139,7 @@ async fn rabbitmq_killed_consumer_holding_50() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_killed_consumer_holding_50() {
-    use rdkafka::ClientConfig;
-    use rdkafka::producer::{BaseProducer, Producer as _};
-    // librdkafka's mock cluster listens on loopback ports another process
-    // can reach; it lives as long as this client.
-    let owner: BaseProducer = ClientConfig::new()
-        .set("test.mock.num.brokers", "3")
-        .create()
-        .expect("librdkafka mock cluster");
-    let servers = owner
-        .client()
-        .mock_cluster()
-        .expect("a mock cluster")
-        .bootstrap_servers();
+    let (owner, servers) = common::kafka_mock();
     // A short session: the dead member's partitions move after it expires.
     let url = format!(
         "kafka://{servers}?create_topics=false&rdkafka.session.timeout.ms=4000&rdkafka.heartbeat.interval.ms=500"

@@ -5,6 +5,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers panic on failure by design
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -97,19 +99,7 @@ fn orders_on_rabbitmq() {
 
 #[test]
 fn orders_on_kafka_mock_cluster() {
-    use rdkafka::ClientConfig;
-    use rdkafka::producer::{BaseProducer, Producer as _};
-    // The mock cluster listens on loopback ports the service's process can
-    // reach; it lives as long as this client.
-    let owner: BaseProducer = ClientConfig::new()
-        .set("test.mock.num.brokers", "3")
-        .create()
-        .expect("librdkafka mock cluster");
-    let servers = owner
-        .client()
-        .mock_cluster()
-        .expect("a mock cluster")
-        .bootstrap_servers();
+    let (owner, servers) = common::kafka_mock();
     check(&run_orders(&format!(
         "kafka://{servers}?create_topics=false&rdkafka.session.timeout.ms=6000&rdkafka.heartbeat.interval.ms=500"
     )));

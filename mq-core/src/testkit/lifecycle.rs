@@ -375,19 +375,15 @@ pub async fn lag_counts_what_the_group_has_not_settled(broker: Arc<dyn Broker>) 
         "the sent messages",
     )
     .await;
-    let deadline = tokio::time::Instant::now() + wait();
-    let settled = loop {
-        let lag = broker.lag(&topic, &group).await.expect("lag");
-        if lag.behind == 0 {
-            break lag;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "all acked, yet still {lag} after {:?}",
-            wait()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let settled = lag_once_settled(broker.as_ref(), &topic, &group)
+        .await
+        .expect("lag");
+    assert_eq!(
+        settled.behind,
+        0,
+        "all acked, yet still {settled} after {:?}",
+        wait()
+    );
     report(&format!(
         "lag ({}): {behind}; after acking all: {settled}",
         broker.name()

@@ -276,6 +276,26 @@ async fn subscribe(broker: &Arc<dyn Broker>, sub: Subscription) -> Box<dyn Consu
         .unwrap_or_else(|e| panic!("{}: cannot subscribe {what}: {e}", broker.name()))
 }
 
+/// `group`'s lag on `topic` once it reads 0 behind (acks may reach the
+/// broker a little later, batched), or the last reading once [`wait`]
+/// passed or the backend answered an error.
+pub(crate) async fn lag_once_settled(
+    broker: &dyn Broker,
+    topic: &str,
+    group: &str,
+) -> crate::Result<crate::Lag> {
+    let deadline = tokio::time::Instant::now() + wait();
+    loop {
+        let lag = broker.lag(topic, group).await;
+        match &lag {
+            Ok(l) if l.behind > 0 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => return lag,
+        }
+    }
+}
+
 /// The next delivery within `within`, `None` if none came.
 pub(crate) async fn recv_within(consumer: &mut dyn Consumer, within: Duration) -> Option<Delivery> {
     match tokio::time::timeout(within, consumer.recv()).await {

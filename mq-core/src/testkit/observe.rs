@@ -136,18 +136,8 @@ pub async fn metrics_count_every_outcome(broker: Arc<dyn Broker>) {
     }
     // A duplicate of at-least-once delivery would change the counts: say so.
     assert_eq!(received, N + 2, "{system}: deliveries of the run");
-    // Acks may reach the broker a little later (batched): the lag is read
-    // until it is 0 or the wait is over, and its gauge checked after.
-    let deadline = tokio::time::Instant::now() + super::wait();
-    let lag = loop {
-        let lag = broker.lag(&topic, &group).await;
-        match &lag {
-            Ok(l) if l.behind > 0 && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            _ => break lag,
-        }
-    };
+    // Read until it is 0 (or the wait is over); its gauge is checked after.
+    let lag = super::lag_once_settled(broker.as_ref(), &topic, &group).await;
 
     let seen = snapshot();
     let base = [(metric::SYSTEM, system), (metric::DESTINATION, topic.as_str())];
