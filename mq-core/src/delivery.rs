@@ -108,7 +108,7 @@ pub struct Delivery {
     handle: Box<dyn AckHandle>,
     state: AtomicU8,
     /// Spans and metrics, when it came through an instrumented consumer.
-    observed: Option<Box<Observed>>,
+    observed: Option<Observed>,
 }
 
 impl Delivery {
@@ -145,13 +145,13 @@ impl Delivery {
 
     /// Attaches an instrumented consumer's observation.
     pub(crate) fn observed(mut self, observed: Observed) -> Self {
-        self.observed = Some(Box::new(observed));
+        self.observed = Some(observed);
         self
     }
 
     /// The instrumented consumer's observation, if any.
     pub(crate) fn observation(&self) -> Option<&Observed> {
-        self.observed.as_deref()
+        self.observed.as_ref()
     }
 
     /// The message.
@@ -230,9 +230,9 @@ impl Delivery {
         settle: impl std::future::Future<Output = Result<()>>,
     ) -> Result<()> {
         let span = observed.settle_span(self, how);
-        let started = std::time::Instant::now();
-        let result = tracing::Instrument::instrument(settle, span.clone()).await;
-        observed.settled(&span, how, started.elapsed(), &result);
+        let started = how.timed().then(std::time::Instant::now);
+        let result = crate::observe::in_span(settle, &span).await;
+        observed.settled(&span, how, started.map(|s| s.elapsed()), &result);
         result
     }
 

@@ -12,11 +12,18 @@ use super::Scope;
 use super::metric::{ConsumerMetrics, Settle};
 use crate::{Delivery, Message};
 
-/// The observation of one delivery.
+/// What the deliveries of one instrumented consumer share.
+#[derive(Debug)]
+pub(crate) struct ConsumerObservation {
+    pub(crate) scope: Arc<Scope>,
+    pub(crate) metrics: ConsumerMetrics,
+}
+
+/// The observation of one delivery (kept in the delivery itself: one
+/// reference count and a flag, no allocation of its own).
 #[derive(Debug)]
 pub(crate) struct Observed {
-    scope: Arc<Scope>,
-    metrics: Arc<ConsumerMetrics>,
+    shared: Arc<ConsumerObservation>,
     /// Whether the in-flight gauge was counted down already.
     counted_down: AtomicBool,
     /// The producer's context, extracted from the headers.
@@ -25,30 +32,24 @@ pub(crate) struct Observed {
 }
 
 impl Observed {
-    pub(crate) fn new(
-        scope: Arc<Scope>,
-        metrics: Arc<ConsumerMetrics>,
-        receive: &Span,
-        message: &Message,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<ConsumerObservation>, receive: &Span, message: &Message) -> Self {
         #[cfg(not(feature = "otel"))]
         let _ = (receive, message);
         Observed {
             #[cfg(feature = "otel")]
             parent: super::otel::extract(receive, &message.headers),
-            scope,
-            metrics,
+            shared,
             counted_down: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn system(&self) -> &'static str {
-        self.scope.system
+        self.shared.scope.system
     }
 
     fn count_down(&self) {
         if !self.counted_down.swap(true, Ordering::AcqRel) {
-            self.metrics.in_flight.decrement(1.0);
+            self.shared.metrics.in_flight.decrement(1.0);
         }
     }
 
@@ -60,7 +61,7 @@ impl Observed {
             otel.name = field::Empty,
             otel.kind = "client",
             otel.status_code = field::Empty,
-            messaging.system = self.scope.system,
+            messaging.system = self.shared.scope.system,
             messaging.operation.name = how.operation(),
             messaging.operation.type = "settle",
             messaging.destination.name = delivery.topic(),
@@ -72,28 +73,34 @@ impl Observed {
         );
         if !span.is_disabled() {
             span.record("otel.name", format!("{} {}", how.operation(), delivery.topic()));
-            self.scope.record_server(&span);
+            self.shared.scope.record_server(&span);
         }
         span
     }
 
     /// Records a settle's outcome.
-    pub(crate) fn settled(&self, span: &Span, how: Settle, took: Duration, result: &crate::Result<()>) {
+    pub(crate) fn settled(
+        &self,
+        span: &Span,
+        how: Settle,
+        took: Option<Duration>,
+        result: &crate::Result<()>,
+    ) {
         match result {
             Ok(()) => {
                 self.count_down();
-                self.metrics.settled(how, took, None);
+                self.shared.metrics.settled(how, took, None);
             }
             Err(e) => {
                 super::record_error(span, e);
-                self.metrics.settled(how, took, Some(e));
+                self.shared.metrics.settled(how, took, Some(e));
             }
         }
     }
 
     /// Records a handler's run.
     pub(crate) fn processed(&self, outcome: &'static str, took: Duration) {
-        self.metrics.processed(outcome, took);
+        self.shared.metrics.processed(outcome, took);
     }
 }
 
@@ -129,7 +136,7 @@ pub(crate) fn process_span(delivery: &Delivery) -> Span {
     }
     span.record("otel.name", format!("process {}", delivery.topic()));
     if let Some(observed) = observed {
-        observed.scope.record_server(&span);
+        observed.shared.scope.record_server(&span);
         #[cfg(feature = "otel")]
         if let Some(parent) = &observed.parent {
             super::otel::set_parent(&span, parent.clone());

@@ -6,9 +6,11 @@
 //! |---|---|---|---|
 //! | [`SENT`] `messaging.client.sent.messages` | counter | messages | system, destination, error.type on failure |
 //! | [`CONSUMED`] `messaging.client.consumed.messages` | counter | messages | system, destination, group |
-//! | [`OPERATION_DURATION`] `messaging.client.operation.duration` | histogram | s | system, operation (`send`, `ack`, `requeue`, `dead_letter`), destination, error.type on failure |
+//! | [`OPERATION_DURATION`] `messaging.client.operation.duration` | histogram | s | system, operation (`send`, `requeue`, `dead_letter`; acks are counted, not timed), destination, error.type on failure |
 //! | [`PROCESS_DURATION`] `messaging.process.duration` | histogram | s | system, destination, group, outcome (`ok`, `error`, `panic`, `timeout`) |
 //! | [`SETTLED`] `mq.client.settled.messages` | counter | messages | system, destination, group, outcome (`acked`, `requeued`, `dead_lettered`) |
+//! | [`SETTLE_ERRORS`] `mq.client.settle.errors` | counter | settles | system, destination, group, operation, error.type |
+//! | [`RECEIVE_ERRORS`] `messaging.client.receive.errors` | counter | receives | system, destination, group, error.type |
 //! | [`IN_FLIGHT`] `mq.client.deliveries.in_flight` | gauge | deliveries | system, destination, group |
 //! | [`END_TO_END`] `mq.client.end_to_end.duration` | histogram | s | system, destination, group |
 //! | [`LAG`] `mq.consumer.lag` | gauge | messages | system, destination, group |
@@ -37,6 +39,10 @@ pub const OPERATION_DURATION: &str = "messaging.client.operation.duration";
 pub const PROCESS_DURATION: &str = "messaging.process.duration";
 /// Deliveries settled, by outcome.
 pub const SETTLED: &str = "mq.client.settled.messages";
+/// Settles that failed.
+pub const SETTLE_ERRORS: &str = "mq.client.settle.errors";
+/// Receives that failed.
+pub const RECEIVE_ERRORS: &str = "messaging.client.receive.errors";
 /// Deliveries received and not yet settled (nor dropped).
 pub const IN_FLIGHT: &str = "mq.client.deliveries.in_flight";
 /// From the message's timestamp to its delivery, in seconds.
@@ -45,6 +51,19 @@ pub const END_TO_END: &str = "mq.client.end_to_end.duration";
 pub const LAG: &str = "mq.consumer.lag";
 /// Messages of a group delivered and not settled ([`Lag::in_flight`]).
 pub const LAG_IN_FLIGHT: &str = "mq.consumer.lag.in_flight";
+
+/// The bucket boundaries, in seconds, that the OpenTelemetry messaging
+/// conventions recommend for [`OPERATION_DURATION`] and
+/// [`PROCESS_DURATION`]; they suit [`END_TO_END`] too.
+///
+/// Give them to the exporter, e.g. `metrics-exporter-prometheus`'s
+/// `PrometheusBuilder::set_buckets(&DURATION_BUCKETS)`: its histograms are
+/// then Prometheus histograms, which aggregate across instances and cost a
+/// bucket increment per value, instead of summaries, whose upkeep adds
+/// every value to a sketch.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 
 /// Label: the broker ([`Broker::name`](crate::Broker::name)).
 pub const SYSTEM: &str = "messaging.system";
@@ -144,6 +163,19 @@ impl Settle {
     }
 }
 
+impl Settle {
+    /// Whether the settle's duration is recorded: a requeue's and a
+    /// dead-letter's are (they send, or re-publish, on most backends); an
+    /// ack's is not, as on every backend it returns once it is queued
+    /// (mq-redis batches XACKs in the background, RabbitMQ's `basic.ack`
+    /// has no reply, mq-kafka stores the offset for the next commit,
+    /// mq-memory is local): its duration would tell nothing and cost two
+    /// clock reads and a histogram value per message.
+    pub(crate) fn timed(self) -> bool {
+        self != Settle::Ack
+    }
+}
+
 const SETTLES: [Settle; 3] = [Settle::Ack, Settle::Requeue, Settle::DeadLetter];
 
 /// A consumer's handles (one topic, one group).
@@ -188,24 +220,31 @@ impl ConsumerMetrics {
 
     pub(crate) fn receive_failed(&self, err: &Error) {
         metrics::counter!(
-            "messaging.client.receive.errors",
+            RECEIVE_ERRORS,
             with(self.base.clone(), &[(ERROR_TYPE, err.kind())])
         )
         .increment(1);
     }
 
-    pub(crate) fn settled(&self, how: Settle, took: Duration, err: Option<&Error>) {
+    /// Records a settle; `took` is `None` for an ack, which is counted and
+    /// not timed (see [`Settle::timed`]).
+    pub(crate) fn settled(&self, how: Settle, took: Option<Duration>, err: Option<&Error>) {
         match err {
             None => {
                 self.settled[how.index()].increment(1);
-                self.settle_duration[how.index()].record(took.as_secs_f64());
+                if let Some(took) = took {
+                    self.settle_duration[how.index()].record(took.as_secs_f64());
+                }
             }
             Some(e) => {
                 let failed = with(
                     self.base.clone(),
                     &[(OPERATION, how.operation()), (ERROR_TYPE, e.kind())],
                 );
-                metrics::histogram!(OPERATION_DURATION, failed).record(took.as_secs_f64());
+                metrics::counter!(SETTLE_ERRORS, failed.clone()).increment(1);
+                if let Some(took) = took {
+                    metrics::histogram!(OPERATION_DURATION, failed).record(took.as_secs_f64());
+                }
             }
         }
     }

@@ -50,10 +50,14 @@ pub mod metric;
 pub(crate) mod otel;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use tracing::{Span, field};
 
 use crate::{
@@ -61,7 +65,7 @@ use crate::{
     ProducerOptions, Receipt, Result, Subscription,
 };
 
-pub(crate) use delivery::{Observed, process_failed, process_span};
+pub(crate) use delivery::{ConsumerObservation, Observed, process_failed, process_span};
 
 /// Wraps `broker` so that everything made from it is traced and measured
 /// (see the [module docs](self)).
@@ -155,23 +159,26 @@ impl Broker for Instrumented {
         Ok(Box::new(InstrumentedProducer {
             inner,
             scope: self.scope.clone(),
+            first: OnceLock::new(),
             topics: RwLock::default(),
         }))
     }
 
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
-        let metrics = Arc::new(metric::ConsumerMetrics::new(
-            self.scope.system,
-            &subscription.topic,
-            &subscription.group,
-        ));
+        let shared = Arc::new(ConsumerObservation {
+            scope: self.scope.clone(),
+            metrics: metric::ConsumerMetrics::new(
+                self.scope.system,
+                &subscription.topic,
+                &subscription.group,
+            ),
+        });
         let topic: Arc<str> = subscription.topic.as_str().into();
         let group: Arc<str> = subscription.group.as_str().into();
         let inner = self.inner.subscribe(subscription).await?;
         Ok(Box::new(InstrumentedConsumer {
             inner,
-            scope: self.scope.clone(),
-            metrics,
+            shared,
             topic,
             group,
         }))
@@ -197,47 +204,56 @@ impl Broker for Instrumented {
 struct InstrumentedProducer {
     inner: Box<dyn Producer>,
     scope: Arc<Scope>,
-    /// Metric handles per topic.
+    /// The metric handles of the first topic sent to (most producers send
+    /// to one), found without a lookup.
+    first: OnceLock<(Box<str>, metric::SendMetrics)>,
+    /// Metric handles of the other topics.
     topics: RwLock<HashMap<String, Arc<metric::SendMetrics>>>,
 }
 
+/// A producer's metric handles for one topic.
+enum SendHandles<'a> {
+    First(&'a metric::SendMetrics),
+    Other(Arc<metric::SendMetrics>),
+}
+
+impl std::ops::Deref for SendHandles<'_> {
+    type Target = metric::SendMetrics;
+
+    fn deref(&self) -> &metric::SendMetrics {
+        match self {
+            SendHandles::First(m) => m,
+            SendHandles::Other(m) => m,
+        }
+    }
+}
+
 impl InstrumentedProducer {
-    fn metrics(&self, topic: &str) -> Arc<metric::SendMetrics> {
+    fn metrics(&self, topic: &str) -> SendHandles<'_> {
+        let (first, handles) = self
+            .first
+            .get_or_init(|| (topic.into(), metric::SendMetrics::new(self.scope.system, topic)));
+        if **first == *topic {
+            return SendHandles::First(handles);
+        }
         let read = self
             .topics
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(m) = read.get(topic) {
-            return m.clone();
+            return SendHandles::Other(m.clone());
         }
         drop(read);
         let mut write = self
             .topics
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        write
-            .entry(topic.to_string())
-            .or_insert_with(|| Arc::new(metric::SendMetrics::new(self.scope.system, topic)))
-            .clone()
-    }
-
-    /// Runs a send of `count` messages under `span`, timing it, counting
-    /// it and marking the span on failure.
-    async fn measured<T>(
-        &self,
-        topic: &str,
-        span: Span,
-        count: usize,
-        send: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let metrics = self.metrics(topic);
-        let started = Instant::now();
-        let result = tracing::Instrument::instrument(send, span.clone()).await;
-        metrics.sent(count, started.elapsed(), result.as_ref().err());
-        if let Err(e) = &result {
-            record_error(&span, e);
-        }
-        result
+        SendHandles::Other(
+            write
+                .entry(topic.to_string())
+                .or_insert_with(|| Arc::new(metric::SendMetrics::new(self.scope.system, topic)))
+                .clone(),
+        )
     }
 
     fn span(&self, topic: &str, first: Option<&Message>, count: Option<usize>) -> Span {
@@ -279,6 +295,18 @@ impl InstrumentedProducer {
     }
 }
 
+/// Runs `future` in `span`: entered at each poll when the span is
+/// enabled, as `tracing::Instrument` does; polled as it is when it is not,
+/// which spares the wrapper's cost on every message while no subscriber
+/// wants mq's spans.
+pub(crate) async fn in_span<F: std::future::Future>(future: F, span: &Span) -> F::Output {
+    if span.is_disabled() {
+        future.await
+    } else {
+        tracing::Instrument::instrument(future, span.clone()).await
+    }
+}
+
 /// The key attributes that apply to `system`.
 fn record_key(span: &Span, system: &str, topic: &str, message: &Message) {
     match system {
@@ -303,33 +331,127 @@ fn record_error(span: &Span, err: &Error) {
     span.record("otel.status_code", "ERROR");
 }
 
+/// A send (or batch) through an instrumented producer.
+///
+/// Its span is made at the first poll, as an `async fn`'s would be, so
+/// that it is a child of the span the caller polls it in
+/// (`producer.send(..).instrument(span)`); the trace context is injected
+/// and the backend's future made then too. While no subscriber wants the
+/// span, the backend's future is polled as it is: the send is timed and
+/// counted with no span entered and no second `async` state machine.
+struct ObservedSend<'a, T, F> {
+    producer: &'a InstrumentedProducer,
+    topic: &'a str,
+    count: usize,
+    /// Makes the span and the backend's future (first poll).
+    start: Option<F>,
+    running: Option<RunningSend<'a, T>>,
+}
+
+struct RunningSend<'a, T> {
+    inner: BoxFuture<'a, Result<T>>,
+    span: Span,
+    metrics: SendHandles<'a>,
+    started: Instant,
+}
+
+impl<'a, T, F> Future for ObservedSend<'a, T, F>
+where
+    F: FnOnce() -> (Span, BoxFuture<'a, Result<T>>) + Unpin,
+{
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = &mut *self;
+        if let Some(start) = this.start.take() {
+            let (span, inner) = start();
+            this.running = Some(RunningSend {
+                inner,
+                span,
+                metrics: this.producer.metrics(this.topic),
+                started: Instant::now(),
+            });
+        }
+        let Some(run) = this.running.as_mut() else {
+            return Poll::Ready(Err(Error::backend(
+                "mq",
+                "poll a send",
+                "polled after it completed",
+            )));
+        };
+        let result = if run.span.is_disabled() {
+            std::task::ready!(run.inner.as_mut().poll(cx))
+        } else {
+            let _entered = run.span.enter();
+            std::task::ready!(run.inner.as_mut().poll(cx))
+        };
+        run.metrics
+            .sent(this.count, run.started.elapsed(), result.as_ref().err());
+        if let Err(e) = &result {
+            record_error(&run.span, e);
+        }
+        this.running = None;
+        Poll::Ready(result)
+    }
+}
+
 #[async_trait]
 impl Producer for InstrumentedProducer {
-    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
-        let span = self.span(topic, Some(&message), None);
-        #[cfg(feature = "otel")]
-        let message = {
-            let mut message = message;
-            otel::inject(&span, &mut message.headers);
-            message
-        };
-        self.measured(topic, span, 1, self.inner.send(topic, message))
-            .await
+    fn send<'a, 'b, 'f>(&'a self, topic: &'b str, message: Message) -> BoxFuture<'f, Result<Receipt>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        Box::pin(ObservedSend {
+            producer: self,
+            topic,
+            count: 1,
+            start: Some(move || {
+                let span = self.span(topic, Some(&message), None);
+                #[cfg(feature = "otel")]
+                let message = {
+                    let mut message = message;
+                    otel::inject(&span, &mut message.headers);
+                    message
+                };
+                let inner = self.inner.send(topic, message);
+                (span, inner)
+            }),
+            running: None,
+        })
     }
 
-    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+    fn send_batch<'a, 'b, 'f>(
+        &'a self,
+        topic: &'b str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'f, Result<Vec<Receipt>>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
         let count = messages.len();
-        let span = self.span(topic, messages.first(), Some(count));
-        #[cfg(feature = "otel")]
-        let messages = {
-            let mut messages = messages;
-            for m in &mut messages {
-                otel::inject(&span, &mut m.headers);
-            }
-            messages
-        };
-        self.measured(topic, span, count, self.inner.send_batch(topic, messages))
-            .await
+        Box::pin(ObservedSend {
+            producer: self,
+            topic,
+            count,
+            start: Some(move || {
+                let span = self.span(topic, messages.first(), Some(count));
+                #[cfg(feature = "otel")]
+                let messages = {
+                    let mut messages = messages;
+                    for m in &mut messages {
+                        otel::inject(&span, &mut m.headers);
+                    }
+                    messages
+                };
+                let inner = self.inner.send_batch(topic, messages);
+                (span, inner)
+            }),
+            running: None,
+        })
     }
 
     async fn flush(&self) -> Result<()> {
@@ -345,61 +467,118 @@ impl Producer for InstrumentedProducer {
 #[derive(Debug)]
 struct InstrumentedConsumer {
     inner: Box<dyn Consumer>,
-    scope: Arc<Scope>,
-    metrics: Arc<metric::ConsumerMetrics>,
+    /// What its deliveries share.
+    shared: Arc<ConsumerObservation>,
     topic: Arc<str>,
     group: Arc<str>,
 }
 
+/// A receive through an instrumented consumer: the backend's future,
+/// polled in the `receive` span when a subscriber wants it (the span is
+/// made at the first poll, as an `async fn`'s would be, so that it is a
+/// child of the span the caller polls it in), and the bookkeeping of what
+/// it hands out.
+struct ObservedRecv<'a> {
+    inner: BoxFuture<'a, Result<Option<Delivery>>>,
+    shared: &'a Arc<ConsumerObservation>,
+    topic: &'a str,
+    group: &'a str,
+    span: Option<Span>,
+}
+
+impl Future for ObservedRecv<'_> {
+    type Output = Result<Option<Delivery>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let (shared, topic, group) = (this.shared, this.topic, this.group);
+        let span = this
+            .span
+            .get_or_insert_with(|| receive_span(&shared.scope, topic, group));
+        let result = if span.is_disabled() {
+            std::task::ready!(this.inner.as_mut().poll(cx))
+        } else {
+            let _entered = span.enter();
+            std::task::ready!(this.inner.as_mut().poll(cx))
+        };
+        Poll::Ready(received(shared, topic, span, result))
+    }
+}
+
+/// The span of one receive.
+fn receive_span(scope: &Scope, topic: &str, group: &str) -> Span {
+    let span = tracing::debug_span!(
+        target: "mq",
+        "receive",
+        otel.name = field::Empty,
+        otel.kind = "consumer",
+        otel.status_code = field::Empty,
+        messaging.system = scope.system,
+        messaging.operation.name = "receive",
+        messaging.operation.type = "receive",
+        messaging.destination.name = topic,
+        messaging.consumer.group.name = group,
+        messaging.message.id = field::Empty,
+        messaging.kafka.message.key = field::Empty,
+        messaging.rabbitmq.destination.routing_key = field::Empty,
+        server.address = field::Empty,
+        server.port = field::Empty,
+        error.type = field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("otel.name", format!("receive {topic}"));
+        scope.record_server(&span);
+    }
+    span
+}
+
+/// Counts what a receive returned and attaches the observation to a
+/// delivery.
+fn received(
+    shared: &Arc<ConsumerObservation>,
+    topic: &str,
+    span: &Span,
+    result: Result<Option<Delivery>>,
+) -> Result<Option<Delivery>> {
+    match result {
+        Ok(Some(delivery)) => {
+            let message = delivery.message();
+            if !span.is_disabled() {
+                span.record("messaging.message.id", message.id.as_str());
+                record_key(span, shared.scope.system, topic, message);
+            }
+            let age = SystemTime::now()
+                .duration_since(message.timestamp)
+                .unwrap_or_default();
+            shared.metrics.consumed(age);
+            let observed = Observed::new(shared.clone(), span, message);
+            Ok(Some(delivery.observed(observed)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            record_error(span, &e);
+            shared.metrics.receive_failed(&e);
+            Err(e)
+        }
+    }
+}
+
 #[async_trait]
 impl Consumer for InstrumentedConsumer {
-    async fn recv(&mut self) -> Result<Option<Delivery>> {
-        let span = tracing::debug_span!(
-            target: "mq",
-            "receive",
-            otel.name = field::Empty,
-            otel.kind = "consumer",
-            otel.status_code = field::Empty,
-            messaging.system = self.scope.system,
-            messaging.operation.name = "receive",
-            messaging.operation.type = "receive",
-            messaging.destination.name = &*self.topic,
-            messaging.consumer.group.name = &*self.group,
-            messaging.message.id = field::Empty,
-            messaging.kafka.message.key = field::Empty,
-            messaging.rabbitmq.destination.routing_key = field::Empty,
-            server.address = field::Empty,
-            server.port = field::Empty,
-            error.type = field::Empty,
-        );
-        if !span.is_disabled() {
-            span.record("otel.name", format!("receive {}", self.topic));
-            self.scope.record_server(&span);
-        }
+    fn recv<'a, 'f>(&'a mut self) -> BoxFuture<'f, Result<Option<Delivery>>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
         // Cancel-safe as the wrapped consumer is: nothing happens after
         // the inner `recv` completes but bookkeeping.
-        let result = tracing::Instrument::instrument(self.inner.recv(), span.clone()).await;
-        match result {
-            Ok(Some(delivery)) => {
-                let message = delivery.message();
-                if !span.is_disabled() {
-                    span.record("messaging.message.id", message.id.as_str());
-                    record_key(&span, self.scope.system, &self.topic, message);
-                }
-                let age = SystemTime::now()
-                    .duration_since(message.timestamp)
-                    .unwrap_or_default();
-                self.metrics.consumed(age);
-                let observed = Observed::new(self.scope.clone(), self.metrics.clone(), &span, message);
-                Ok(Some(delivery.observed(observed)))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                record_error(&span, &e);
-                self.metrics.receive_failed(&e);
-                Err(e)
-            }
-        }
+        Box::pin(ObservedRecv {
+            inner: self.inner.recv(),
+            shared: &self.shared,
+            topic: &self.topic,
+            group: &self.group,
+            span: None,
+        })
     }
 
     async fn close(&mut self) -> Result<()> {

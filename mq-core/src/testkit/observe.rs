@@ -147,7 +147,7 @@ pub async fn metrics_count_every_outcome(broker: Arc<dyn Broker>) {
     let counter = |name, labels: &[(&str, &str)]| total(&seen, MetricKind::Counter, name, labels);
     let histogram = |name, labels: &[(&str, &str)]| total(&seen, MetricKind::Histogram, name, labels);
     let figures = format!(
-        "{system}: sent {}, consumed {}, acked {}, requeued {}, dead-lettered {}, send durations {}, ack durations {}, end-to-end {}",
+        "{system}: sent {}, consumed {}, acked {}, requeued {}, dead-lettered {}, send durations {}, ack durations {}, requeue durations {}, dead-letter durations {}, end-to-end {}",
         counter(metric::SENT, &base),
         counter(metric::CONSUMED, &base),
         counter(metric::SETTLED, &with(&[(metric::OUTCOME, "acked")])),
@@ -155,6 +155,14 @@ pub async fn metrics_count_every_outcome(broker: Arc<dyn Broker>) {
         counter(metric::SETTLED, &with(&[(metric::OUTCOME, "dead_lettered")])),
         histogram(metric::OPERATION_DURATION, &with(&[(metric::OPERATION, "send")])),
         histogram(metric::OPERATION_DURATION, &with(&[(metric::OPERATION, "ack")])),
+        histogram(
+            metric::OPERATION_DURATION,
+            &with(&[(metric::OPERATION, "requeue")])
+        ),
+        histogram(
+            metric::OPERATION_DURATION,
+            &with(&[(metric::OPERATION, "dead_letter")])
+        ),
         histogram(metric::END_TO_END, &base),
     );
     super::report(&format!("metrics: {figures}"));
@@ -189,11 +197,22 @@ pub async fn metrics_count_every_outcome(broker: Arc<dyn Broker>) {
         n,
         "{figures}"
     );
+    // Acks are counted, not timed; requeues and dead letters are timed.
     assert_eq!(
         histogram(metric::OPERATION_DURATION, &with(&[(metric::OPERATION, "ack")])),
-        n - 2.0,
+        0.0,
         "{figures}"
     );
+    for operation in ["requeue", "dead_letter"] {
+        assert_eq!(
+            histogram(
+                metric::OPERATION_DURATION,
+                &with(&[(metric::OPERATION, operation)])
+            ),
+            2.0,
+            "{figures}: {operation} durations"
+        );
+    }
     assert_eq!(histogram(metric::END_TO_END, &base), n + 2.0, "{figures}");
     assert_eq!(
         total(&seen, MetricKind::Gauge, metric::IN_FLIGHT, &base),
