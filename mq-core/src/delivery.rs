@@ -230,7 +230,7 @@ impl Delivery {
         settle: impl std::future::Future<Output = Result<()>>,
     ) -> Result<()> {
         let span = observed.settle_span(self, how);
-        let started = how.timed().then(std::time::Instant::now);
+        let started = (how.timed() && crate::observe::metrics_enabled()).then(std::time::Instant::now);
         let result = crate::observe::in_span(settle, &span).await;
         observed.settled(&span, how, started.map(|s| s.elapsed()), &result);
         result

@@ -192,6 +192,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
+    if std::env::var("MQ_BENCH_RUNTIME").as_deref() == Ok("current") {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -200,29 +206,22 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A child process of this bench: installs a `tracing` subscriber and a
-/// `metrics` recorder (process-wide, so not in the parent), runs the
-/// instrumented broker once after a warm-up and prints its rate.
+/// `metrics` recorder (process-wide, so not in the parent) and runs the
+/// bare and the instrumented broker alternately (`observed::child_main`).
 fn child(spec: &str) {
     let parts: Vec<usize> = spec.split(':').skip(1).map(|p| p.parse().unwrap()).collect();
     let (producers, consumers, messages) = (parts[0], parts[1], parts[2]);
-    observed::install(spec.starts_with("traces"));
     let runtime = runtime();
     let payload = Bytes::from(vec![0xabu8; 100]);
-    runtime.block_on(memory_broker(
-        Sdk::Instrumented,
-        messages / 10,
-        producers,
-        consumers,
-        payload.clone(),
-    ));
-    let d = runtime.block_on(memory_broker(
-        Sdk::Instrumented,
-        messages,
-        producers,
-        consumers,
-        payload,
-    ));
-    println!("rate {}", rate(messages, d));
+    observed::child_main(spec, messages, |instrumented, n| {
+        let sdk = if instrumented {
+            Sdk::Instrumented
+        } else {
+            Sdk::Bare
+        };
+        let d = runtime.block_on(memory_broker(sdk, n, producers, consumers, payload.clone()));
+        rate(n, d)
+    });
 }
 
 fn main() {
@@ -313,22 +312,22 @@ fn main() {
             "         reference mpsc<Bytes>: {b:>9.0} msg/s   ratio (mq-memory / mpsc<Bytes>): {:.2}",
             q / b
         );
-        let (i, l, t) = (
-            median(quiet.clone()),
-            median(logs.clone()),
-            median(traces.clone()),
-        );
+        let i = median(quiet.clone());
         println!(
             "         instrumented, nothing installed: {i:>9.0} msg/s   ratio (/ mq-memory): {:.3}",
             i / q
         );
-        println!(
-            "         instrumented, fmt subscriber (INFO) + Prometheus recorder: {l:>9.0} msg/s   ratio (/ mq-memory): {:.3}",
-            l / q
+        observed::report_child(
+            "         ",
+            "instrumented, fmt subscriber (INFO) + Prometheus recorder",
+            &logs,
+            ">= 0.9",
         );
-        println!(
-            "         instrumented, OpenTelemetry layer + Prometheus recorder: {t:>9.0} msg/s   ratio (/ mq-memory): {:.3}",
-            t / q
+        observed::report_child(
+            "         ",
+            "instrumented, OpenTelemetry layer + Prometheus recorder",
+            &traces,
+            "none",
         );
         let show = |v: &[f64]| {
             v.iter()
@@ -340,7 +339,5 @@ fn main() {
         println!("         rounds mq-memory:     {}", show(&mem));
         println!("         rounds mpsc<Bytes>:   {}", show(&bytes));
         println!("         rounds instrumented:  {}", show(&quiet));
-        println!("         rounds + fmt/metrics: {}", show(&logs));
-        println!("         rounds + otel/metrics:{}", show(&traces));
     }
 }

@@ -307,17 +307,21 @@ fn connect(runtime: &tokio::runtime::Runtime) -> Arc<RedisBroker> {
 
 /// A child process of this bench (`logs:N` or `traces:N`): installs a
 /// `tracing` subscriber and the Prometheus recorder (process-wide, so not
-/// in the parent), runs (c) instrumented once after a warm-up and prints
-/// its rate.
+/// in the parent) and runs (c) bare and instrumented alternately
+/// (`observed::child_main`).
 fn child(spec: &str) {
     let n: usize = spec.split(':').nth(1).unwrap().parse().unwrap();
-    observed::install(spec.starts_with("traces"));
     let runtime = runtime();
     let broker = connect(&runtime);
     let payload = Bytes::from(vec![b'x'; 100]);
-    runtime.block_on(sdk_consume(Sdk::Instrumented, &broker, n / 10, &payload));
-    let d = runtime.block_on(sdk_consume(Sdk::Instrumented, &broker, n, &payload));
-    println!("rate {}", rate(n, d));
+    observed::child_main(spec, n, |instrumented, n| {
+        let sdk = if instrumented {
+            Sdk::Instrumented
+        } else {
+            Sdk::Bare
+        };
+        rate(n, runtime.block_on(sdk_consume(sdk, &broker, n, &payload)))
+    });
 }
 
 fn main() {
@@ -407,8 +411,13 @@ fn main() {
         many / bare
     );
     println!("    rounds: {}", show(&c_many));
+    let quiet = median(c_quiet.clone());
+    println!(
+        "(c) instrumented, nothing installed: {quiet:>9.0} msg/s   ratio (/ mq-redis) {:.3} (target within 2%)",
+        quiet / bare
+    );
+    println!("    rounds: {}", show(&c_quiet));
     for (name, v, target) in [
-        ("instrumented, nothing installed", c_quiet, "within 2%"),
         (
             "instrumented, fmt subscriber (INFO) + Prometheus recorder",
             c_logs,
@@ -420,11 +429,6 @@ fn main() {
             "none",
         ),
     ] {
-        let m = median(v.clone());
-        println!(
-            "(c) {name}: {m:>9.0} msg/s   ratio (/ mq-redis) {:.3} (target {target})",
-            m / bare
-        );
-        println!("    rounds: {}", show(&v));
+        observed::report_child("(c) ", name, &v, target);
     }
 }

@@ -95,8 +95,14 @@ async fn run() -> mq_core::Result<()> {
         .map_err(|e| setup_error("MQ_METRICS_ADDR", e))?;
     PrometheusBuilder::new()
         .with_http_listener(addr)
+        // Prometheus histograms with the conventions' boundaries, not
+        // summaries: they aggregate across instances.
+        .set_buckets(&mq_core::observe::metric::DURATION_BUCKETS)
+        .map_err(|e| setup_error("set the histogram buckets", e))?
         .install()
         .map_err(|e| setup_error(&format!("serve metrics on {addr}"), e))?;
+    // mq's metrics are opt-in: on, now that a recorder is there.
+    mq_core::observe::enable_metrics(true);
 
     // Spans: tracing → tracing-opentelemetry → an OpenTelemetry provider
     // that prints them (put an OTLP exporter here in a service).

@@ -2,8 +2,8 @@
 //! spans and metrics, the in-flight gauge, and the producer's context for
 //! the `process` span.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tracing::{Span, field};
@@ -16,7 +16,20 @@ use crate::{Delivery, Message};
 #[derive(Debug)]
 pub(crate) struct ConsumerObservation {
     pub(crate) scope: Arc<Scope>,
-    pub(crate) metrics: ConsumerMetrics,
+    pub(crate) topic: String,
+    pub(crate) group: String,
+    /// Registered on first use while metrics are on.
+    pub(crate) metrics: OnceLock<ConsumerMetrics>,
+}
+
+impl ConsumerObservation {
+    /// The handles, while metrics are on.
+    pub(crate) fn metrics(&self) -> Option<&ConsumerMetrics> {
+        super::metrics_enabled().then(|| {
+            self.metrics
+                .get_or_init(|| ConsumerMetrics::new(self.scope.system, &self.topic, &self.group))
+        })
+    }
 }
 
 /// The observation of one delivery (kept in the delivery itself: one
@@ -32,14 +45,20 @@ pub(crate) struct Observed {
 }
 
 impl Observed {
-    pub(crate) fn new(shared: Arc<ConsumerObservation>, receive: &Span, message: &Message) -> Self {
+    /// `counted`: the in-flight gauge counted this delivery up.
+    pub(crate) fn new(
+        shared: Arc<ConsumerObservation>,
+        counted: bool,
+        receive: &Span,
+        message: &Message,
+    ) -> Self {
         #[cfg(not(feature = "otel"))]
         let _ = (receive, message);
         Observed {
             #[cfg(feature = "otel")]
             parent: super::otel::extract(receive, &message.headers),
             shared,
-            counted_down: AtomicBool::new(false),
+            counted_down: AtomicBool::new(!counted),
         }
     }
 
@@ -49,7 +68,10 @@ impl Observed {
 
     fn count_down(&self) {
         if !self.counted_down.swap(true, Ordering::AcqRel) {
-            self.shared.metrics.in_flight.decrement(1.0);
+            // Counted up, so registered.
+            if let Some(metrics) = self.shared.metrics.get() {
+                metrics.in_flight.decrement(1.0);
+            }
         }
     }
 
@@ -89,18 +111,24 @@ impl Observed {
         match result {
             Ok(()) => {
                 self.count_down();
-                self.shared.metrics.settled(how, took, None);
+                if let Some(metrics) = self.shared.metrics() {
+                    metrics.settled(how, took, None);
+                }
             }
             Err(e) => {
                 super::record_error(span, e);
-                self.shared.metrics.settled(how, took, Some(e));
+                if let Some(metrics) = self.shared.metrics() {
+                    metrics.settled(how, took, Some(e));
+                }
             }
         }
     }
 
     /// Records a handler's run.
     pub(crate) fn processed(&self, outcome: &'static str, took: Duration) {
-        self.shared.metrics.processed(outcome, took);
+        if let Some(metrics) = self.shared.metrics() {
+            metrics.processed(outcome, took);
+        }
     }
 }
 

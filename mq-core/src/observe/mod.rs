@@ -6,7 +6,8 @@
 //! conventions. [`Registry::connect`](crate::Registry::connect) wraps every
 //! broker it makes; a broker built directly (`MemoryBroker::new()`, ...)
 //! is wrapped with [`instrument`]. Both cost next to nothing while no
-//! `tracing` subscriber and no `metrics` recorder is installed.
+//! `tracing` subscriber wants mq's spans and metrics are off (they are
+//! opt-in: [`enable_metrics`]).
 //!
 //! ## Spans
 //!
@@ -40,9 +41,19 @@
 //!
 //! ## Metrics
 //!
-//! See [`metric`] for the names and labels. Handles are registered when a
-//! producer sends to a topic for the first time and when a consumer is
-//! made: install the recorder before connecting.
+//! Off until [`enable_metrics`]`(true)`, which the application calls once
+//! it has installed its recorder. See [`metric`] for the names and labels.
+//! Handles are registered on first use once metrics are on.
+//!
+//! ## Cost
+//!
+//! While metrics are off and no subscriber wants mq's spans, an
+//! instrumented producer or consumer hands out the backend's own futures:
+//! the cost is one relaxed load and `tracing`'s cached interest check per
+//! operation. Observed, an operation runs in a small future of mq's with
+//! its span entered; metrics add three clock reads per message (the
+//! send's start and end, the delivery's age) and the recorder's cost of
+//! each value (BENCHMARKS.md, "Instrumented").
 
 mod delivery;
 pub mod metric;
@@ -52,6 +63,7 @@ pub(crate) mod otel;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -78,6 +90,43 @@ pub(crate) use delivery::{ConsumerObservation, Observed, process_failed, process
 /// ```
 pub fn instrument(broker: Arc<dyn Broker>) -> Arc<dyn Broker> {
     Arc::new(Instrumented::new(broker))
+}
+
+/// Whether mq records metrics ([`enable_metrics`]).
+static METRICS: AtomicBool = AtomicBool::new(false);
+
+/// Turns mq's metrics on or off, process-wide (off until called). Call it
+/// once the application has installed its `metrics` recorder:
+///
+/// ```
+/// // metrics_exporter_prometheus::PrometheusBuilder::new().install()?;
+/// mq_core::observe::enable_metrics(true);
+/// assert!(mq_core::observe::metrics_enabled());
+/// ```
+///
+/// Off, a send, a receive and a settle read no clock and touch no metric
+/// handle; with no `tracing` subscriber interested in mq's spans either,
+/// they cost what the bare backend's do (an instrumented producer hands out
+/// the backend's own future). Metrics are opt-in as the metrics of the SDKs
+/// mq is compared with are (Watermill's decorator, FastStream's
+/// middleware, MassTransit's `UsePrometheusMetrics`), because the `metrics`
+/// facade cannot tell whether a recorder is installed: without the switch,
+/// every message would pay for clock reads and handles nobody records.
+/// Handles are registered on first use, so the switch may be flipped at
+/// any time.
+pub fn enable_metrics(on: bool) {
+    METRICS.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`enable_metrics`] turned mq's metrics on.
+pub fn metrics_enabled() -> bool {
+    METRICS.load(Ordering::Relaxed)
+}
+
+/// Whether an operation starting now is observed at all: metrics are on,
+/// or a `tracing` subscriber wants mq's spans (target `mq`, DEBUG).
+fn observing() -> bool {
+    metrics_enabled() || tracing::enabled!(target: "mq", tracing::Level::DEBUG)
 }
 
 /// Where the broker is, for `server.address` and `server.port`.
@@ -167,11 +216,9 @@ impl Broker for Instrumented {
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
         let shared = Arc::new(ConsumerObservation {
             scope: self.scope.clone(),
-            metrics: metric::ConsumerMetrics::new(
-                self.scope.system,
-                &subscription.topic,
-                &subscription.group,
-            ),
+            topic: subscription.topic.clone(),
+            group: subscription.group.clone(),
+            metrics: OnceLock::new(),
         });
         let topic: Arc<str> = subscription.topic.as_str().into();
         let group: Arc<str> = subscription.group.as_str().into();
@@ -351,8 +398,8 @@ struct ObservedSend<'a, T, F> {
 struct RunningSend<'a, T> {
     inner: BoxFuture<'a, Result<T>>,
     span: Span,
-    metrics: SendHandles<'a>,
-    started: Instant,
+    /// The handles and the start, while metrics are on.
+    metrics: Option<(SendHandles<'a>, Instant)>,
 }
 
 impl<'a, T, F> Future for ObservedSend<'a, T, F>
@@ -368,8 +415,7 @@ where
             this.running = Some(RunningSend {
                 inner,
                 span,
-                metrics: this.producer.metrics(this.topic),
-                started: Instant::now(),
+                metrics: metrics_enabled().then(|| (this.producer.metrics(this.topic), Instant::now())),
             });
         }
         let Some(run) = this.running.as_mut() else {
@@ -385,8 +431,9 @@ where
             let _entered = run.span.enter();
             std::task::ready!(run.inner.as_mut().poll(cx))
         };
-        run.metrics
-            .sent(this.count, run.started.elapsed(), result.as_ref().err());
+        if let Some((metrics, started)) = &run.metrics {
+            metrics.sent(this.count, started.elapsed(), result.as_ref().err());
+        }
         if let Err(e) = &result {
             record_error(&run.span, e);
         }
@@ -403,6 +450,9 @@ impl Producer for InstrumentedProducer {
         'b: 'f,
         Self: 'f,
     {
+        if !observing() {
+            return self.inner.send(topic, message);
+        }
         Box::pin(ObservedSend {
             producer: self,
             topic,
@@ -432,6 +482,9 @@ impl Producer for InstrumentedProducer {
         'b: 'f,
         Self: 'f,
     {
+        if !observing() {
+            return self.inner.send_batch(topic, messages);
+        }
         let count = messages.len();
         Box::pin(ObservedSend {
             producer: self,
@@ -547,17 +600,22 @@ fn received(
                 span.record("messaging.message.id", message.id.as_str());
                 record_key(span, shared.scope.system, topic, message);
             }
-            let age = SystemTime::now()
-                .duration_since(message.timestamp)
-                .unwrap_or_default();
-            shared.metrics.consumed(age);
-            let observed = Observed::new(shared.clone(), span, message);
+            let metrics = shared.metrics();
+            if let Some(metrics) = metrics {
+                let age = SystemTime::now()
+                    .duration_since(message.timestamp)
+                    .unwrap_or_default();
+                metrics.consumed(age);
+            }
+            let observed = Observed::new(shared.clone(), metrics.is_some(), span, message);
             Ok(Some(delivery.observed(observed)))
         }
         Ok(None) => Ok(None),
         Err(e) => {
             record_error(span, &e);
-            shared.metrics.receive_failed(&e);
+            if let Some(metrics) = shared.metrics() {
+                metrics.receive_failed(&e);
+            }
             Err(e)
         }
     }
@@ -570,6 +628,9 @@ impl Consumer for InstrumentedConsumer {
         'a: 'f,
         Self: 'f,
     {
+        if !observing() {
+            return self.inner.recv();
+        }
         // Cancel-safe as the wrapped consumer is: nothing happens after
         // the inner `recv` completes but bookkeeping.
         Box::pin(ObservedRecv {

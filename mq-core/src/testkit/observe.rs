@@ -18,7 +18,8 @@ use crate::observe::metric;
 use crate::{Broker, Message, Nack, ProducerOptions, Subscription};
 
 /// The process's debugging recorder, installed as the global one on the
-/// first call (before any producer or consumer of a check is made).
+/// first call (before any producer or consumer of a check is made), with
+/// mq's metrics turned on.
 ///
 /// # Panics
 ///
@@ -31,6 +32,7 @@ pub fn recorder() -> &'static Snapshotter {
         recorder
             .install()
             .expect("no other global metrics recorder in this test binary");
+        crate::observe::enable_metrics(true);
         snapshotter
     })
 }

@@ -1,0 +1,119 @@
+//! mq's metrics are opt-in (`observe::enable_metrics`): with a recorder
+//! installed and the switch off, an instrumented broker records nothing;
+//! turned on mid-run, it records from then on, registering its handles on
+//! first use. A test binary of its own: the switch and the recorder are
+//! process-wide.
+#![allow(clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use mq_core::observe::metric;
+use mq_core::{Broker, Message, ProducerOptions, Subscription};
+
+/// Sends `n` messages and receives and acks them all.
+async fn round_trip(broker: &Arc<dyn Broker>, topic: &str, n: usize) {
+    let producer = broker
+        .producer(ProducerOptions::default())
+        .await
+        .expect("producer");
+    let mut consumer = broker
+        .subscribe(Subscription::new(topic, "g"))
+        .await
+        .expect("subscribe");
+    for i in 0..n {
+        producer
+            .send(topic, Message::new(format!("{i}")))
+            .await
+            .expect("send");
+    }
+    for _ in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.recv())
+            .await
+            .expect("a delivery within 5 s")
+            .expect("recv")
+            .expect("open");
+        d.ack().await.expect("ack");
+    }
+}
+
+/// What the recorder holds now (a snapshot drains the histograms).
+type Seen = Vec<(metrics_util::CompositeKey, DebugValue)>;
+
+fn snapshot(snapshotter: &Snapshotter) -> Seen {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key, value))
+        .collect()
+}
+
+/// The value of `name` for `topic` (a histogram's: its number of values;
+/// none recorded: `None`).
+fn value(seen: &Seen, name: &str, topic: &str) -> Option<f64> {
+    let mut total = None;
+    for (key, value) in seen {
+        let key = key.key();
+        let of_topic = key
+            .labels()
+            .any(|l| l.key() == metric::DESTINATION && l.value() == topic);
+        if key.name() != name || !of_topic {
+            continue;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let v = match value {
+            DebugValue::Counter(c) => *c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        };
+        *total.get_or_insert(0.0) += v;
+    }
+    total
+}
+
+#[tokio::test]
+async fn nothing_is_recorded_until_metrics_are_enabled() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("the only recorder of this binary");
+    let broker = mq_core::observe::instrument(Arc::new(mq_memory::MemoryBroker::new()));
+
+    assert!(!mq_core::observe::metrics_enabled(), "off by default");
+    round_trip(&broker, "off", 5).await;
+    let seen = snapshot(&snapshotter);
+    for name in [
+        metric::SENT,
+        metric::CONSUMED,
+        metric::SETTLED,
+        metric::IN_FLIGHT,
+        metric::END_TO_END,
+    ] {
+        assert_eq!(value(&seen, name, "off"), None, "{name} while off");
+    }
+
+    mq_core::observe::enable_metrics(true);
+    round_trip(&broker, "on", 3).await;
+    let seen = snapshot(&snapshotter);
+    assert_eq!(value(&seen, metric::SENT, "on"), Some(3.0));
+    assert_eq!(value(&seen, metric::CONSUMED, "on"), Some(3.0));
+    assert_eq!(value(&seen, metric::SETTLED, "on"), Some(3.0));
+    assert_eq!(value(&seen, metric::IN_FLIGHT, "on"), Some(0.0));
+    assert_eq!(value(&seen, metric::END_TO_END, "on"), Some(3.0));
+
+    // Off again: the handles stay registered and nothing is added (the
+    // debugging recorder's snapshot drains what it shows: zero is nothing
+    // new).
+    mq_core::observe::enable_metrics(false);
+    round_trip(&broker, "on", 2).await;
+    let seen = snapshot(&snapshotter);
+    for name in [
+        metric::SENT,
+        metric::CONSUMED,
+        metric::SETTLED,
+        metric::END_TO_END,
+    ] {
+        assert_eq!(value(&seen, name, "on"), Some(0.0), "{name} after turning off");
+    }
+}
