@@ -43,6 +43,11 @@ impl HandlerService {
             handler: Arc::new(handler),
         }
     }
+
+    /// A shared handler as a service.
+    pub fn from_arc(handler: Arc<dyn Handler>) -> Self {
+        HandlerService { handler }
+    }
 }
 
 impl Service<Job> for HandlerService {

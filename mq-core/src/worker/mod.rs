@@ -213,7 +213,11 @@ impl Worker {
         self
     }
 
-    /// Fails a handler that runs longer than `limit`.
+    /// Fails a handler that runs longer than `limit`: the handler is put
+    /// behind tower's `TimeoutLayer`, as a layer of your own would be (see
+    /// [`service`]); a handler error that is tower's `Elapsed`, from this
+    /// setting or from a timeout layer of yours, counts as a time-out and
+    /// is retried by the policy.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
         self
@@ -251,7 +255,16 @@ impl Worker {
     /// Closing the consumer at the end; errors while running are logged and
     /// the worker goes on.
     pub async fn run(mut self, handler: impl Handler, stop: CancellationToken) -> Result<WorkerStats> {
-        let handler: Arc<dyn Handler> = Arc::new(handler);
+        let handler: Arc<dyn Handler> = match self.timeout {
+            // One way to wrap a handler: the worker's time-out is tower's
+            // layer, the one a user would add.
+            Some(limit) => Arc::new(service(
+                tower::ServiceBuilder::new()
+                    .layer(tower::timeout::TimeoutLayer::new(limit))
+                    .service(HandlerService::new(handler)),
+            )),
+            None => Arc::new(handler),
+        };
         let counters = self.counters.clone();
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let in_flight: Arc<Mutex<HashMap<u64, Arc<Delivery>>>> = Arc::default();
@@ -418,7 +431,8 @@ struct Shared {
 enum Failure {
     Error(BoxError),
     Panic(String),
-    Timeout(Duration),
+    /// Tower's `Elapsed`: the worker's own limit when it set one.
+    Timeout(Option<Duration>),
 }
 
 impl Failure {
@@ -426,7 +440,8 @@ impl Failure {
         match self {
             Failure::Error(e) => e.to_string(),
             Failure::Panic(what) => format!("handler panicked: {what}"),
-            Failure::Timeout(after) => format!("handler timed out after {after:?}"),
+            Failure::Timeout(Some(after)) => format!("handler timed out after {after:?}"),
+            Failure::Timeout(None) => "handler timed out (a timeout layer)".to_string(),
         }
     }
 }
@@ -515,16 +530,14 @@ impl Shared {
             attempt: delivery.attempt(),
         };
         let started = std::time::Instant::now();
-        let guarded = AssertUnwindSafe(handler.handle(job)).catch_unwind();
-        let outcome = match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, guarded).await.ok(),
-            None => Some(guarded.await),
-        };
+        let outcome = AssertUnwindSafe(handler.handle(job)).catch_unwind().await;
         let (result, label) = match outcome {
-            None => (Err(Failure::Timeout(self.timeout.unwrap_or_default())), "timeout"),
-            Some(Ok(Ok(outputs))) => (Ok(outputs), "ok"),
-            Some(Ok(Err(e))) => (Err(Failure::Error(e)), "error"),
-            Some(Err(panic)) => (
+            Ok(Err(e)) if e.is::<tower::timeout::error::Elapsed>() => {
+                (Err(Failure::Timeout(self.timeout)), "timeout")
+            }
+            Ok(Ok(outputs)) => (Ok(outputs), "ok"),
+            Ok(Err(e)) => (Err(Failure::Error(e)), "error"),
+            Err(panic) => (
                 Err(Failure::Panic(crate::backend::panic_message(panic.as_ref()))),
                 "panic",
             ),
