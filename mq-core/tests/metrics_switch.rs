@@ -102,6 +102,51 @@ async fn nothing_is_recorded_until_metrics_are_enabled() {
     assert_eq!(value(&seen, metric::IN_FLIGHT, "on"), Some(0.0));
     assert_eq!(value(&seen, metric::END_TO_END, "on"), Some(3.0));
 
+    // A batch (`recv_many`) is counted per delivery as `recv` is.
+    let producer = broker
+        .producer(ProducerOptions::default())
+        .await
+        .expect("producer");
+    let mut consumer = broker
+        .subscribe(Subscription::new("batch", "g"))
+        .await
+        .expect("subscribe");
+    for i in 0..4 {
+        producer
+            .send("batch", Message::new(format!("{i}")))
+            .await
+            .expect("send");
+    }
+    let mut taken = Vec::new();
+    for _ in 0..10 {
+        if taken.len() == 4 {
+            break;
+        }
+        let batch = consumer
+            .recv_many(10, Duration::from_secs(1))
+            .await
+            .expect("recv_many")
+            .expect("open");
+        taken.extend(batch);
+    }
+    assert_eq!(taken.len(), 4, "the four messages within ten batches");
+    let seen = snapshot(&snapshotter);
+    assert_eq!(value(&seen, metric::CONSUMED, "batch"), Some(4.0));
+    assert_eq!(
+        value(&seen, metric::IN_FLIGHT, "batch"),
+        Some(4.0),
+        "held, not settled"
+    );
+    mq_core::ack_all(&taken).await.expect("ack_all");
+    // Each snapshot drains what it shows: these are the changes since.
+    let seen = snapshot(&snapshotter);
+    assert_eq!(value(&seen, metric::SETTLED, "batch"), Some(4.0));
+    assert_eq!(
+        value(&seen, metric::IN_FLIGHT, "batch"),
+        Some(-4.0),
+        "all four settled"
+    );
+
     // Off again: the handles stay registered and nothing is added (the
     // debugging recorder's snapshot drains what it shows: zero is nothing
     // new).

@@ -256,6 +256,36 @@ impl Consumer for RedisConsumer {
         ))
     }
 
+    /// One XREADGROUP's worth at once: waits (at most `wait`) for the first
+    /// delivery, then takes what the reader has already fetched, without a
+    /// future per delivery.
+    async fn recv_many(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<Delivery>>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(Some(batch));
+        }
+        match tokio::time::timeout(wait, self.recv()).await {
+            Err(_) => return Ok(Some(batch)),
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Some(first))) => batch.push(first),
+        }
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(Ok(delivery)) => batch.push(delivery),
+                Ok(Err(e)) => {
+                    // As the default `recv_many`: the batch ends early, what
+                    // was taken is returned.
+                    tracing::warn!(error = %e, taken = batch.len(), "recv_many: an error ended the batch early");
+                    break;
+                }
+                // Empty, or the reader ended: the next `recv` says which.
+                Err(_) => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+
     async fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());

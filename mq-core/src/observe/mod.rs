@@ -572,6 +572,7 @@ fn receive_span(scope: &Scope, topic: &str, group: &str) -> Span {
         messaging.destination.name = topic,
         messaging.consumer.group.name = group,
         messaging.message.id = field::Empty,
+        messaging.batch.message_count = field::Empty,
         messaging.kafka.message.key = field::Empty,
         messaging.rabbitmq.destination.routing_key = field::Empty,
         server.address = field::Empty,
@@ -600,25 +601,35 @@ fn received(
                 span.record("messaging.message.id", message.id.as_str());
                 record_key(span, shared.scope.system, topic, message);
             }
-            let metrics = shared.metrics();
-            if let Some(metrics) = metrics {
-                let age = SystemTime::now()
-                    .duration_since(message.timestamp)
-                    .unwrap_or_default();
-                metrics.consumed(age);
-            }
-            let observed = Observed::new(shared.clone(), metrics.is_some(), span, message);
-            Ok(Some(delivery.observed(observed)))
+            Ok(Some(observe_delivery(shared, span, delivery)))
         }
         Ok(None) => Ok(None),
-        Err(e) => {
-            record_error(span, &e);
-            if let Some(metrics) = shared.metrics() {
-                metrics.receive_failed(&e);
-            }
-            Err(e)
-        }
+        Err(e) => Err(receive_failed(shared, span, e)),
     }
+}
+
+/// Counts a delivery (and its age) and attaches its observation; `span`
+/// is the receive's, linked to the producer's context.
+fn observe_delivery(shared: &Arc<ConsumerObservation>, span: &Span, delivery: Delivery) -> Delivery {
+    let message = delivery.message();
+    let metrics = shared.metrics();
+    if let Some(metrics) = metrics {
+        let age = SystemTime::now()
+            .duration_since(message.timestamp)
+            .unwrap_or_default();
+        metrics.consumed(age);
+    }
+    let observed = Observed::new(shared.clone(), metrics.is_some(), span, message);
+    delivery.observed(observed)
+}
+
+/// Marks the span of a failed receive and counts the failure.
+fn receive_failed(shared: &ConsumerObservation, span: &Span, e: Error) -> Error {
+    record_error(span, &e);
+    if let Some(metrics) = shared.metrics() {
+        metrics.receive_failed(&e);
+    }
+    e
 }
 
 #[async_trait]
@@ -640,6 +651,34 @@ impl Consumer for InstrumentedConsumer {
             group: &self.group,
             span: None,
         })
+    }
+
+    /// The backend's own `recv_many` (one fetch serves the batch), under
+    /// one `receive` span with `messaging.batch.message_count`; each
+    /// delivery is counted and observed as one from `recv` is.
+    async fn recv_many(&mut self, max: usize, wait: std::time::Duration) -> Result<Option<Vec<Delivery>>> {
+        if !observing() {
+            return self.inner.recv_many(max, wait).await;
+        }
+        let span = receive_span(&self.shared.scope, &self.topic, &self.group);
+        let result = in_span(self.inner.recv_many(max, wait), &span).await;
+        match result {
+            Ok(Some(batch)) => {
+                if !span.is_disabled() {
+                    span.record("messaging.batch.message_count", batch.len());
+                }
+                // Per message: the count, the age and the producer's
+                // context, linked to the batch's span (which takes no id).
+                Ok(Some(
+                    batch
+                        .into_iter()
+                        .map(|delivery| observe_delivery(&self.shared, &span, delivery))
+                        .collect(),
+                ))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(receive_failed(&self.shared, &span, e)),
+        }
     }
 
     async fn close(&mut self) -> Result<()> {
