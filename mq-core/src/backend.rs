@@ -325,6 +325,46 @@ impl Drop for SendPass<'_> {
     }
 }
 
+/// The body of [`Consumer::recv_many`](crate::Consumer::recv_many), for a
+/// backend that can take deliveries already fetched without a future each:
+/// waits (at most `wait`) for the first through `recv`, then calls
+/// `take_ready` until `max` are taken or it says none is ready (`None`).
+/// An error from `take_ready` ends the batch early: what was taken is
+/// returned and the error logged at WARN, as the default `recv_many` does
+/// (which is this, taking with `recv` polled once).
+///
+/// # Errors
+///
+/// `recv`'s error, when it comes before any delivery.
+pub async fn recv_many_with<C: crate::Consumer + ?Sized>(
+    consumer: &mut C,
+    max: usize,
+    wait: std::time::Duration,
+    mut take_ready: impl FnMut(&mut C) -> Option<Result<crate::Delivery>> + Send,
+) -> Result<Option<Vec<crate::Delivery>>> {
+    let mut batch = Vec::new();
+    if max == 0 {
+        return Ok(Some(batch));
+    }
+    match tokio::time::timeout(wait, consumer.recv()).await {
+        Err(_) => return Ok(Some(batch)),
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(Some(first))) => batch.push(first),
+    }
+    while batch.len() < max {
+        match take_ready(consumer) {
+            Some(Ok(delivery)) => batch.push(delivery),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, taken = batch.len(), "recv_many: an error ended the batch early");
+                break;
+            }
+            None => break,
+        }
+    }
+    Ok(Some(batch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

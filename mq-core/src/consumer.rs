@@ -74,29 +74,14 @@ pub trait Consumer: Send + fmt::Debug {
     /// its deliveries go back to the group as dropped deliveries do).
     async fn recv_many(&mut self, max: usize, wait: std::time::Duration) -> Result<Option<Vec<Delivery>>> {
         use futures::FutureExt;
-        let mut batch = Vec::new();
-        if max == 0 {
-            return Ok(Some(batch));
-        }
-        match tokio::time::timeout(wait, self.recv()).await {
-            Err(_) => return Ok(Some(batch)),
-            Ok(Ok(None)) => return Ok(None),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(Some(first))) => batch.push(first),
-        }
-        while batch.len() < max {
-            // Polled once: `recv` is cancel safe, so one that would wait is
-            // dropped with nothing lost.
-            match self.recv().now_or_never() {
-                Some(Ok(Some(delivery))) => batch.push(delivery),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, taken = batch.len(), "recv_many: an error ended the batch early");
-                    break;
-                }
-                Some(Ok(None)) | None => break,
-            }
-        }
-        Ok(Some(batch))
+        // Polled once: `recv` is cancel safe, so one that would wait is
+        // dropped with nothing lost.
+        crate::backend::recv_many_with(self, max, wait, |consumer| match consumer.recv().now_or_never() {
+            Some(Ok(Some(delivery))) => Some(Ok(delivery)),
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok(None)) | None => None,
+        })
+        .await
     }
 
     /// Stops consuming and gives unsettled deliveries back to the group.

@@ -260,30 +260,8 @@ impl Consumer for RedisConsumer {
     /// delivery, then takes what the reader has already fetched, without a
     /// future per delivery.
     async fn recv_many(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<Delivery>>> {
-        let mut batch = Vec::new();
-        if max == 0 {
-            return Ok(Some(batch));
-        }
-        match tokio::time::timeout(wait, self.recv()).await {
-            Err(_) => return Ok(Some(batch)),
-            Ok(Ok(None)) => return Ok(None),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(Some(first))) => batch.push(first),
-        }
-        while batch.len() < max {
-            match self.rx.try_recv() {
-                Ok(Ok(delivery)) => batch.push(delivery),
-                Ok(Err(e)) => {
-                    // As the default `recv_many`: the batch ends early, what
-                    // was taken is returned.
-                    tracing::warn!(error = %e, taken = batch.len(), "recv_many: an error ended the batch early");
-                    break;
-                }
-                // Empty, or the reader ended: the next `recv` says which.
-                Err(_) => break,
-            }
-        }
-        Ok(Some(batch))
+        // Empty, or the reader ended: the next `recv` says which.
+        mq_core::backend::recv_many_with(self, max, wait, |consumer| consumer.rx.try_recv().ok()).await
     }
 
     async fn close(&mut self) -> Result<()> {
