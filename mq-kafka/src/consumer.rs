@@ -974,6 +974,9 @@ pub struct KafkaConsumer {
     ended: bool,
     /// The batch being handed out.
     pending: Option<Pending>,
+    /// A failure handed over while a batch was being taken: the next
+    /// `recv` or `recv_many` returns it.
+    failed: Option<Error>,
     /// Delayed copies handed over before they are due, soonest first.
     delayed: BinaryHeap<Delayed>,
     /// Hands-over counted, to order delayed copies due at the same time.
@@ -1096,6 +1099,7 @@ impl KafkaConsumer {
             rx,
             ended: false,
             pending: None,
+            failed: None,
             delayed: BinaryHeap::new(),
             seq: 0,
             done: Some(done),
@@ -1368,34 +1372,50 @@ async fn shutdown(shared: Arc<Shared>, done: Option<oneshot::Receiver<()>>) -> R
     result
 }
 
+impl KafkaConsumer {
+    /// The next delivery that is ready without waiting: a delayed copy now
+    /// due, else the next of the batch being handed out (a delayed copy not
+    /// yet due goes to the heap on the way).
+    fn take_ready(&mut self) -> Option<Delivery> {
+        if !self.delayed.is_empty() {
+            let now = now_millis();
+            if self.delayed.peek().is_some_and(|d| d.due <= now) {
+                return self.delayed.pop().map(|d| d.delivery);
+            }
+        }
+        while let Some(pending) = &mut self.pending {
+            match pending.next() {
+                Some((delivery, Some(due))) if due > now_millis() => {
+                    self.seq += 1;
+                    self.delayed.push(Delayed {
+                        due,
+                        seq: self.seq,
+                        delivery,
+                    });
+                }
+                Some((delivery, _)) => return Some(delivery),
+                None => self.pending = None,
+            }
+        }
+        None
+    }
+}
+
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn recv(&mut self) -> Result<Option<Delivery>> {
         if self.closed || self.shared.inner.is_closed() {
             return Ok(None);
         }
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         loop {
+            if let Some(delivery) = self.take_ready() {
+                return Ok(Some(delivery));
+            }
             // The clock is read only while a delayed copy waits.
-            let now = if self.delayed.is_empty() { 0 } else { now_millis() };
-            if self.delayed.peek().is_some_and(|d| d.due <= now) {
-                return Ok(self.delayed.pop().map(|d| d.delivery));
-            }
-            if let Some(pending) = &mut self.pending {
-                match pending.next() {
-                    Some((delivery, Some(due))) if due > now_millis() => {
-                        self.seq += 1;
-                        self.delayed.push(Delayed {
-                            due,
-                            seq: self.seq,
-                            delivery,
-                        });
-                        continue;
-                    }
-                    Some((delivery, _)) => return Ok(Some(delivery)),
-                    None => self.pending = None,
-                }
-            }
-            let next_due = self.delayed.peek().map(|d| d.due.saturating_sub(now));
+            let next_due = self.delayed.peek().map(|d| d.due.saturating_sub(now_millis()));
             if self.ended && next_due.is_none() {
                 if self.shared.inner.is_closed() {
                     return Ok(None);
@@ -1419,6 +1439,38 @@ impl Consumer for KafkaConsumer {
                 () = wait_closed(&self.shared.inner) => return Ok(None),
             }
         }
+    }
+
+    /// What one poll fetched serves the whole batch: waits (at most `wait`)
+    /// for the first delivery, then takes what the poll thread has already
+    /// handed over, without a future or a channel wait per delivery. A
+    /// failure handed over meanwhile ends the batch and is what the next
+    /// `recv` returns.
+    async fn recv_many(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<Delivery>>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        mq_core::backend::recv_many_with(self, max, wait, |consumer| {
+            if consumer.closed || consumer.failed.is_some() {
+                return None;
+            }
+            if let Some(delivery) = consumer.take_ready() {
+                return Some(Ok(delivery));
+            }
+            match consumer.rx.try_recv() {
+                Ok(Handed::Batch(batch)) => {
+                    consumer.pending = Some(batch.pending());
+                    consumer.take_ready().map(Ok)
+                }
+                Ok(Handed::Failed(e)) => {
+                    consumer.failed = Some(e);
+                    None
+                }
+                // Empty, or the poll thread ended: the next `recv` says which.
+                Err(_) => None,
+            }
+        })
+        .await
     }
 
     async fn close(&mut self) -> Result<()> {

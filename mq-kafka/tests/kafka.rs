@@ -145,6 +145,106 @@ async fn out_of_order_acks_commit_only_the_contiguous_prefix() {
     consumer.close().await.unwrap();
 }
 
+/// `recv_many` takes what the poll thread handed over, holding delayed
+/// copies (requeued with a delay) back until they are due: a batch never
+/// carries one early, and each comes back once, with attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recv_many_holds_delayed_copies_until_they_are_due() {
+    const N: usize = 20;
+    const DELAY: Duration = Duration::from_millis(800);
+    let mock = Mock::start();
+    let broker = mock_broker(&mock, "").await;
+    let topic = unique("manydelay");
+    let mut consumer = broker
+        .subscribe(earliest(&topic, "g").prefetch(100))
+        .await
+        .unwrap();
+    let producer = producer(&broker).await;
+    producer
+        .send_batch(
+            &topic,
+            (0..N)
+                .map(|i| Message::new(format!("{i}")).with_key(format!("k{}", i % 4)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    // First pass: even ones requeued with a delay, odd ones acked.
+    let mut first = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut requeued_at = None;
+    while first.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} on the first pass",
+            first.len()
+        );
+        let batch = consumer
+            .recv_many(N, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .expect("open");
+        for d in batch {
+            assert_eq!(d.attempt(), 1, "first pass: {:?}", d.message().payload);
+            let n: usize = std::str::from_utf8(&d.message().payload)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(first.insert(n), "{n} twice on the first pass");
+            if n.is_multiple_of(2) {
+                d.nack(mq_core::Nack::requeue_after(DELAY)).await.unwrap();
+                requeued_at.get_or_insert_with(Instant::now);
+            } else {
+                d.ack().await.unwrap();
+            }
+        }
+    }
+    let requeued_at = requeued_at.expect("something was requeued");
+    // Second pass: the delayed copies, none before its delay.
+    let mut again = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while again.len() < N / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} copies came back",
+            again.len(),
+            N / 2
+        );
+        let batch = consumer
+            .recv_many(N, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .expect("open");
+        for d in batch {
+            let n: usize = std::str::from_utf8(&d.message().payload)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(n.is_multiple_of(2), "{n} was acked, yet came back");
+            assert_eq!(d.attempt(), 2, "copy of {n}");
+            assert!(
+                requeued_at.elapsed() >= DELAY - Duration::from_millis(50),
+                "copy of {n} after {:?}, before its delay {DELAY:?}",
+                requeued_at.elapsed()
+            );
+            assert!(again.insert(n), "copy of {n} twice");
+            d.ack().await.unwrap();
+        }
+    }
+    // Nothing more: every copy came back once.
+    let rest = consumer
+        .recv_many(N, Duration::from_millis(1500))
+        .await
+        .unwrap()
+        .expect("open");
+    assert!(
+        rest.is_empty(),
+        "{} more deliveries after all were acked",
+        rest.len()
+    );
+    consumer.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_leaving_mid_stream_loses_nothing() {
     const N: usize = 600;
