@@ -4,7 +4,8 @@
 //! ack per message. Prints throughput (publishers flat out) and p50/p99
 //! publish-to-consume latency (publishers paced at 2,000 msg/s, below
 //! saturation) for both, and the ratios; latency under flood is printed too
-//! (it measures the backlog, not the client).
+//! (it measures the backlog, not the client). mq also consumes with
+//! `recv_many(200)` and one `ack_all` per batch (flood only).
 //!
 //! Run: `cargo bench -p mq-rabbit --bench throughput` (broker from
 //! `MQ_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`;
@@ -71,6 +72,12 @@ fn summarize(n: usize, elapsed: Duration, mut lat: Vec<u64>) -> Run {
 }
 
 async fn sdk(broker: &RabbitBroker, n: usize, paced: bool) -> Run {
+    sdk_with(broker, n, paced, false).await
+}
+
+/// `batches`: consumes with `recv_many(200)` (the prefetch) and one
+/// `ack_all` per batch instead of `recv` + `ack`.
+async fn sdk_with(broker: &RabbitBroker, n: usize, paced: bool, batches: bool) -> Run {
     let topic = format!("bench-sdk-{}", &mq_core::new_id()[24..]);
     let mut consumer = broker
         .subscribe(Subscription::new(&topic, "g").prefetch(200))
@@ -97,7 +104,19 @@ async fn sdk(broker: &RabbitBroker, n: usize, paced: bool) -> Run {
         })
     };
     let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
+    if batches {
+        while lat.len() < n {
+            let batch = consumer
+                .recv_many(200, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!batch.is_empty(), "nothing within 60 s");
+            lat.extend(batch.iter().map(|d| latency(&d.message().payload)));
+            mq_core::ack_all(&batch).await.unwrap();
+        }
+    }
+    while lat.len() < n {
         let d = consumer.recv().await.unwrap().unwrap();
         lat.push(latency(&d.message().payload));
         d.ack().await.unwrap();
@@ -239,7 +258,7 @@ fn main() {
         sdk(&broker, n / 10, false).await;
         raw(&conn, n / 10, false).await;
         // Throughput: publishers as fast as confirms allow.
-        let (mut s, mut r) = (Vec::new(), Vec::new());
+        let (mut s, mut r, mut m) = (Vec::new(), Vec::new(), Vec::new());
         // Latency: paced at 2,000 msg/s.
         let (mut sl, mut rl) = (Vec::new(), Vec::new());
         let paced_n = (n / 4).max(PACED_BATCH);
@@ -247,9 +266,11 @@ fn main() {
             if round % 2 == 0 {
                 s.push(sdk(&broker, n, false).await);
                 r.push(raw(&conn, n, false).await);
+                m.push(sdk_with(&broker, n, false, true).await);
                 sl.push(sdk(&broker, paced_n, true).await);
                 rl.push(raw(&conn, paced_n, true).await);
             } else {
+                m.push(sdk_with(&broker, n, false, true).await);
                 r.push(raw(&conn, n, false).await);
                 s.push(sdk(&broker, n, false).await);
                 rl.push(raw(&conn, paced_n, true).await);
@@ -259,6 +280,8 @@ fn main() {
         let stat = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
         let (sr, rr) = (stat(&s, |x| x.rate), stat(&r, |x| x.rate));
         println!("throughput (flood): mq-rabbit {sr:>8.0} msg/s   lapin {rr:>8.0} msg/s   ratio {:.2} (target >= 0.9)", sr / rr);
+        let mr = stat(&m, |x| x.rate);
+        println!("recv_many(200) + ack_all (flood): mq-rabbit {mr:>8.0} msg/s   ratio (/ recv + ack) {:.2}   (/ lapin) {:.2}", mr / sr, mr / rr);
         let (s50, r50) = (stat(&sl, |x| x.p50 as f64), stat(&rl, |x| x.p50 as f64));
         let (s99, r99) = (stat(&sl, |x| x.p99 as f64), stat(&rl, |x| x.p99 as f64));
         println!("p50 latency (paced 2000 msg/s): mq-rabbit {s50:>7.0} us   lapin {r50:>7.0} us   ratio {:.2}", s50 / r50);
@@ -269,6 +292,7 @@ fn main() {
         let show = |v: &[Run]| v.iter().map(|x| format!("{:.0}/{}/{}", x.rate, x.p50, x.p99)).collect::<Vec<_>>().join("  ");
         println!("    flood rounds mq-rabbit (msg/s/p50us/p99us): {}", show(&s));
         println!("    flood rounds lapin:                         {}", show(&r));
+        println!("    flood rounds mq-rabbit recv_many:           {}", show(&m));
         println!("    paced rounds mq-rabbit:                     {}", show(&sl));
         println!("    paced rounds lapin:                         {}", show(&rl));
         broker.close().await.unwrap();

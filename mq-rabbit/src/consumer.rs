@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::Channel;
 use lapin::Confirmation;
@@ -189,6 +189,9 @@ pub struct RabbitConsumer {
     channel_lost: bool,
     /// Consuming again on a new channel, once the old one was lost.
     reattaching: Option<BoxFuture<'static, Result<Attached>>>,
+    /// A failure met while a batch was being taken: the next `recv` or
+    /// `recv_many` returns it.
+    failed: Option<Error>,
     closed: bool,
 }
 
@@ -243,6 +246,7 @@ impl RabbitConsumer {
             check_at: tokio::time::Instant::now() + LIVENESS,
             channel_lost: false,
             reattaching: None,
+            failed: None,
             closed: false,
         })
     }
@@ -327,9 +331,56 @@ async fn close_channel(channel: Channel, tag: String) {
     }
 }
 
+/// What one item of lapin's consumer stream is to mq.
+enum Taken {
+    Delivery(Delivery),
+    Failed(Error),
+    /// The channel or connection went away (marked to consume again).
+    Lost,
+}
+
+impl RabbitConsumer {
+    /// Turns one item of the stream into a delivery, a failure, or a lost
+    /// channel (then marked to be replaced).
+    fn taken(&mut self, next: Option<lapin::Result<lapin::message::Delivery>>) -> Taken {
+        match next {
+            Some(Ok(d)) => {
+                let (message, attempt) = codec::decode(&d.properties, d.data, d.redelivered);
+                let handle = RabbitAck {
+                    ctx: self.ctx.clone(),
+                    acker: d.acker,
+                };
+                Taken::Delivery(Delivery::new(
+                    message,
+                    attempt,
+                    self.ctx.topic.clone(),
+                    self.ctx.group.clone(),
+                    Box::new(handle),
+                ))
+            }
+            Some(Err(e)) if !lost(&e) => Taken::Failed(map(
+                e,
+                &format!("consume queue `{}`", self.ctx.queue),
+                &self.ctx.inner.endpoint,
+            )),
+            // The channel or connection went away: consume again on a new one.
+            Some(Err(_)) | None => {
+                if !(self.closed || self.ctx.inner.is_closed()) {
+                    tracing::warn!(queue = %self.ctx.queue, "consumer channel lost; consuming again");
+                    self.channel_lost = true;
+                }
+                Taken::Lost
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Consumer for RabbitConsumer {
     async fn recv(&mut self) -> Result<Option<Delivery>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         loop {
             if self.closed || self.ctx.inner.is_closed() {
                 return Ok(None);
@@ -352,38 +403,44 @@ impl Consumer for RabbitConsumer {
                     continue;
                 }
             };
-            match next {
-                Some(Ok(d)) => {
-                    let (message, attempt) = codec::decode(&d.properties, d.data, d.redelivered);
-                    let handle = RabbitAck {
-                        ctx: self.ctx.clone(),
-                        acker: d.acker,
-                    };
-                    return Ok(Some(Delivery::new(
-                        message,
-                        attempt,
-                        self.ctx.topic.clone(),
-                        self.ctx.group.clone(),
-                        Box::new(handle),
-                    )));
-                }
-                Some(Err(e)) if !lost(&e) => {
-                    return Err(map(
-                        e,
-                        &format!("consume queue `{}`", self.ctx.queue),
-                        &self.ctx.inner.endpoint,
-                    ));
-                }
-                // The channel or connection went away: consume again on a new one.
-                Some(Err(_)) | None => {
+            match self.taken(next) {
+                Taken::Delivery(delivery) => return Ok(Some(delivery)),
+                Taken::Failed(e) => return Err(e),
+                Taken::Lost => {
                     if self.closed || self.ctx.inner.is_closed() {
                         return Ok(None);
                     }
-                    tracing::warn!(queue = %self.ctx.queue, "consumer channel lost; consuming again");
-                    self.channel_lost = true;
                 }
             }
         }
+    }
+
+    /// The prefetch window serves the whole batch: waits (at most `wait`)
+    /// for the first delivery, then takes what the broker has already
+    /// pushed to this channel (up to the prefetch), without a timer or a
+    /// `select` per delivery. A failure met meanwhile ends the batch and is
+    /// what the next `recv` returns; a lost channel is replaced by the next
+    /// `recv`.
+    async fn recv_many(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<Delivery>>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        mq_core::backend::recv_many_with(self, max, wait, |consumer| {
+            if consumer.closed || consumer.channel_lost || consumer.failed.is_some() {
+                return None;
+            }
+            // `None`: nothing more pushed yet.
+            let next = consumer.stream.next().now_or_never()?;
+            match consumer.taken(next) {
+                Taken::Delivery(delivery) => Some(Ok(delivery)),
+                Taken::Failed(e) => {
+                    consumer.failed = Some(e);
+                    None
+                }
+                Taken::Lost => None,
+            }
+        })
+        .await
     }
 
     async fn close(&mut self) -> Result<()> {

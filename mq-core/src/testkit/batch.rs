@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::*;
 use crate::ack_all;
 
-/// `recv_many` hands out batches of at most `max`, every message once, in
+/// `recv_many` hands out batches of at most `max` (more than one when more
+/// are waiting), every message once, in
 /// order per key within and across batches; on an idle subscription it
 /// returns an empty batch after about its bound; `max` 0 is an empty batch
 /// at once; after close it returns `None`.
@@ -66,6 +67,12 @@ pub async fn recv_many_batches_in_order_and_waits_at_most_the_bound(broker: Arc<
         }
         ack_all(&batch).await.expect("ack the batch");
     }
+    // Every message was sent before the first recv_many: a batch takes what
+    // is already there, not one delivery per call.
+    assert!(
+        largest > 1,
+        "{KEYS}x{PER_KEY} messages waiting, yet every batch held one ({batches} batches)"
+    );
     super::report(&format!(
         "recv_many: {}: {} messages in {batches} batches (largest {largest}, max {MAX})",
         broker.name(),
