@@ -25,7 +25,11 @@
 //! `MQ_BENCH_MESSAGES` (default 100,000), `MQ_BENCH_ROUNDS` (default 5);
 //! `MQ_BENCH_KAFKA_EXTRA` is appended to mq's URL (for instance
 //! `&rdkafka.fetch.queue.backoff.ms=1000`, to try a librdkafka setting).
-//! mq also consumes with `recv_many(500)` and one `ack_all` per batch.
+//! mq also consumes with `recv_many(500)` (`MQ_BENCH_KAFKA_BATCH`) and one
+//! `ack_all` per batch.
+//! Each round also prints every consumer's longest wait between two
+//! messages after the first (ms): one stall moves a round more than any
+//! per-message cost.
 //! Raw rdkafka reads 100,000 messages from the mock in about a tenth of a
 //! second, so a single stall of 20 to 50 ms (seen on this two-core machine)
 //! still moves a round a lot; fewer messages make that worse, and the mock
@@ -139,7 +143,32 @@ enum Read {
 }
 
 /// Raw rdkafka's consumer with the settings mq-kafka gives its own.
-fn raw_consume(servers: &str, topic: &str, n: usize, read: Read) -> f64 {
+/// A consume run: messages a second from the first message to the last,
+/// and the longest wait between two messages after the first (a stall).
+#[derive(Clone, Copy)]
+struct Consumed {
+    rate: f64,
+    stall_ms: u128,
+}
+
+/// The longest gap between the calls of `seen` after the first.
+#[derive(Default)]
+struct Gaps {
+    last: Option<Instant>,
+    longest: Duration,
+}
+
+impl Gaps {
+    fn seen(&mut self) {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            self.longest = self.longest.max(now - last);
+        }
+        self.last = Some(now);
+    }
+}
+
+fn raw_consume(servers: &str, topic: &str, n: usize, read: Read) -> Consumed {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", unique("raw"))
@@ -155,11 +184,13 @@ fn raw_consume(servers: &str, topic: &str, n: usize, read: Read) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut got = 0;
     let mut started = None;
+    let mut gaps = Gaps::default();
     while got < n {
         assert!(Instant::now() < deadline, "raw consumer: {got} of {n} in 120 s");
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             started.get_or_insert_with(Instant::now);
+            gaps.seen();
             if let Read::Headers = read {
                 let names: usize = m
                     .headers()
@@ -193,12 +224,15 @@ fn raw_consume(servers: &str, topic: &str, n: usize, read: Read) -> f64 {
             got += 1;
         }
     }
-    (n - 1) as f64 / started.unwrap().elapsed().as_secs_f64()
+    Consumed {
+        rate: (n - 1) as f64 / started.unwrap().elapsed().as_secs_f64(),
+        stall_ms: gaps.longest.as_millis(),
+    }
 }
 
 /// mq consuming a new group: one `recv` and `ack` at a time, or (`many`)
 /// `recv_many(500)` and one `ack_all` per batch.
-async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize, many: bool) -> f64 {
+async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize, many: bool) -> Consumed {
     let mut consumer = broker
         .subscribe(
             Subscription::new(topic, unique("mq"))
@@ -209,21 +243,24 @@ async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize, many: bool) -> 
         .unwrap();
     let mut got = 0;
     let mut started = None;
+    let mut gaps = Gaps::default();
     // One bound for the whole read (the raw side's is its poll timeout).
     let read = async {
         while got < n {
             if many {
                 let batch = consumer
-                    .recv_many(500, Duration::from_secs(120))
+                    .recv_many(env_usize("MQ_BENCH_KAFKA_BATCH", 500), Duration::from_secs(120))
                     .await
                     .unwrap()
                     .expect("the consumer ended early");
                 started.get_or_insert_with(Instant::now);
+                gaps.seen();
                 got += batch.len();
                 mq_core::ack_all(&batch).await.unwrap();
             } else {
                 let d = consumer.recv().await.unwrap().expect("the consumer ended early");
                 started.get_or_insert_with(Instant::now);
+                gaps.seen();
                 d.ack().await.unwrap();
                 got += 1;
             }
@@ -233,7 +270,10 @@ async fn mq_consume(broker: &KafkaBroker, topic: &str, n: usize, many: bool) -> 
     assert!(finished.is_ok(), "mq consumer: {got} of {n} in 120 s");
     let rate = (n - 1) as f64 / started.unwrap().elapsed().as_secs_f64();
     consumer.close().await.unwrap();
-    rate
+    Consumed {
+        rate,
+        stall_ms: gaps.longest.as_millis(),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -315,17 +355,25 @@ async fn main() {
                 rc.push(raw(&raw_topic, Read::Plain).await.unwrap());
             }
             println!(
-                "  linger.ms={linger} round {}: produce raw {:.0} mq {:.0}; consume+ack raw {:.0} raw-headers {:.0} raw-owned {:.0} mq {:.0} mq recv_many {:.0}",
+                "  linger.ms={linger} round {}: produce raw {:.0} mq {:.0}; consume+ack raw {:.0} raw-headers {:.0} raw-owned {:.0} mq {:.0} mq recv_many {:.0}; \
+                 longest stall ms raw {} {} {} mq {} {}",
                 round + 1,
                 rp[round],
                 mp[round],
-                rc[round],
-                hc[round],
-                oc[round],
-                mc[round],
-                mm[round]
+                rc[round].rate,
+                hc[round].rate,
+                oc[round].rate,
+                mc[round].rate,
+                mm[round].rate,
+                rc[round].stall_ms,
+                hc[round].stall_ms,
+                oc[round].stall_ms,
+                mc[round].stall_ms,
+                mm[round].stall_ms,
             );
         }
+        let rates = |v: Vec<Consumed>| v.into_iter().map(|c| c.rate).collect::<Vec<_>>();
+        let (rc, hc, oc, mc, mm) = (rates(rc), rates(hc), rates(oc), rates(mc), rates(mm));
         let mm = median(mm);
         let (rp, mp, rc, hc, oc, mc) = (
             median(rp),
@@ -347,8 +395,9 @@ async fn main() {
             mc / oc
         );
         println!(
-            "linger.ms={linger}  consume+ack with recv_many(500) + ack_all: {mm:.0} msg/s, ratio to recv + ack {:.2}, \
+            "linger.ms={linger}  consume+ack with recv_many({}) + ack_all: {mm:.0} msg/s, ratio to recv + ack {:.2}, \
              to raw reading headers {:.2}",
+            env_usize("MQ_BENCH_KAFKA_BATCH", 500),
             mm / mc,
             mm / hc
         );
