@@ -1447,11 +1447,9 @@ impl Consumer for KafkaConsumer {
     /// failure handed over meanwhile ends the batch and is what the next
     /// `recv` returns.
     async fn recv_many(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<Delivery>>> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
+        // The first delivery comes from `recv`, which returns a kept failure.
         mq_core::backend::recv_many_with(self, max, wait, |consumer| {
-            if consumer.closed || consumer.failed.is_some() {
+            if consumer.closed {
                 return None;
             }
             if let Some(delivery) = consumer.take_ready() {

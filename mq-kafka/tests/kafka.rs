@@ -145,6 +145,14 @@ async fn out_of_order_acks_commit_only_the_contiguous_prefix() {
     consumer.close().await.unwrap();
 }
 
+/// The number a message of this file's tests carries as its payload.
+fn numbered(d: &mq_core::Delivery) -> usize {
+    std::str::from_utf8(&d.message().payload)
+        .expect("a UTF-8 payload")
+        .parse()
+        .expect("a number")
+}
+
 /// `recv_many` takes what the poll thread handed over, holding delayed
 /// copies (requeued with a delay) back until they are due: a batch never
 /// carries one early, and each comes back once, with attempt 2.
@@ -186,10 +194,7 @@ async fn recv_many_holds_delayed_copies_until_they_are_due() {
             .expect("open");
         for d in batch {
             assert_eq!(d.attempt(), 1, "first pass: {:?}", d.message().payload);
-            let n: usize = std::str::from_utf8(&d.message().payload)
-                .unwrap()
-                .parse()
-                .unwrap();
+            let n = numbered(&d);
             assert!(first.insert(n), "{n} twice on the first pass");
             if n.is_multiple_of(2) {
                 d.nack(mq_core::Nack::requeue_after(DELAY)).await.unwrap();
@@ -216,10 +221,7 @@ async fn recv_many_holds_delayed_copies_until_they_are_due() {
             .unwrap()
             .expect("open");
         for d in batch {
-            let n: usize = std::str::from_utf8(&d.message().payload)
-                .unwrap()
-                .parse()
-                .unwrap();
+            let n = numbered(&d);
             assert!(n.is_multiple_of(2), "{n} was acked, yet came back");
             assert_eq!(d.attempt(), 2, "copy of {n}");
             assert!(

@@ -422,11 +422,9 @@ impl Consumer for RabbitConsumer {
     /// what the next `recv` returns; a lost channel is replaced by the next
     /// `recv`.
     async fn recv_many(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<Delivery>>> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
+        // The first delivery comes from `recv`, which returns a kept failure.
         mq_core::backend::recv_many_with(self, max, wait, |consumer| {
-            if consumer.closed || consumer.channel_lost || consumer.failed.is_some() {
+            if consumer.closed || consumer.channel_lost {
                 return None;
             }
             // `None`: nothing more pushed yet.
