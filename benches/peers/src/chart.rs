@@ -1,0 +1,82 @@
+//! The charts BENCHMARKS.md embeds: per backend, one panel per workload,
+//! one bar per contender (its median), labelled with mq's ratio to it.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::{Kind, Result_};
+
+fn colour(kind: Kind) -> RGBColor {
+    match kind {
+        Kind::Mq => RGBColor(0x1f, 0x77, 0xb4),
+        Kind::Peer => RGBColor(0xff, 0x7f, 0x0e),
+        Kind::Raw => RGBColor(0x7f, 0x7f, 0x7f),
+    }
+}
+
+/// Draws `path`: the throughput of every contender of `backend`'s workloads.
+pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<(), String> {
+    let panel = 150u32;
+    let height = 50 + panel * results.len() as u32;
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (title, body) = root.split_vertically(50);
+    title
+        .titled(
+            &format!("{backend}: messages per second, median of interleaved rounds (blue mq, orange peers, grey raw client)"),
+            ("sans-serif", 15),
+        )
+        .map_err(|e| e.to_string())?;
+    let panels = body.split_evenly((results.len(), 1));
+    for (area, r) in panels.iter().zip(results) {
+        let max = r.contenders.iter().map(|c| c.median).fold(1.0, f64::max);
+        let n = r.contenders.len();
+        let mq = r.contenders.iter().find(|c| c.kind == Kind::Mq).map(|c| c.median);
+        let mut chart = ChartBuilder::on(area)
+            .caption(&r.workload, ("sans-serif", 14))
+            .margin(6)
+            .x_label_area_size(22)
+            .y_label_area_size(10)
+            .build_cartesian_2d(0.0..max * 1.35, 0.0..n as f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .disable_y_axis()
+            .light_line_style(WHITE)
+            .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, c) in r.contenders.iter().enumerate() {
+            let top = n as f64 - i as f64 - 0.15;
+            let bottom = n as f64 - i as f64 - 0.85;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, bottom), (c.median, top)],
+                    colour(c.kind).filled(),
+                )))
+                .map_err(|e| e.to_string())?;
+            let label = match (mq, c.kind) {
+                (Some(q), Kind::Peer | Kind::Raw) if c.median > 0.0 => {
+                    format!(
+                        "{}: {:.0}  (mq / {}: {:.2})",
+                        c.contender,
+                        c.median,
+                        c.contender,
+                        q / c.median
+                    )
+                }
+                _ => format!("{}: {:.0}", c.contender, c.median),
+            };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label,
+                    (c.median + max * 0.01, n as f64 - i as f64 - 0.3),
+                    ("sans-serif", 12),
+                )))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    root.present().map_err(|e| e.to_string())
+}

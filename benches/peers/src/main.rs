@@ -1,0 +1,388 @@
+//! mq against its closest Rust peers and the raw clients, on the same
+//! brokers, in one run: interleaved rounds (the order rotates each round),
+//! medians, ratios. `scripts/bench.sh` runs it; BENCHMARKS.md shows what it
+//! printed and the charts it drew.
+//!
+//! ```text
+//! mq-peers [--backends memory,redis] [--rounds N] [--out DIR] [--quick]
+//! ```
+//!
+//! Writes `DIR/peers.json` (every round of every contender), `DIR/peers.csv`
+//! (the same, one row a round) and `DIR/<backend>.svg` (median throughput
+//! of each contender, per workload, with mq's ratio to it).
+
+mod chart;
+mod memory;
+mod redis;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+/// One timed run of a contender: how long its messages took, or why it
+/// failed.
+pub type Outcome = Result<Duration, String>;
+
+type Run = Box<dyn Fn(usize, Bytes) -> BoxFuture<'static, Outcome>>;
+
+/// Who a contender is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// mq itself.
+    Mq,
+    /// Another SDK.
+    Peer,
+    /// The broker's own client, used directly.
+    Raw,
+}
+
+struct Contender {
+    name: &'static str,
+    kind: Kind,
+    run: Run,
+}
+
+struct Workload {
+    backend: &'static str,
+    name: &'static str,
+    messages: usize,
+    /// Settings that differ between contenders, printed next to the figures.
+    notes: &'static str,
+    contenders: Vec<Contender>,
+}
+
+/// What one contender measured in one workload.
+#[derive(Debug, Serialize)]
+pub struct Measured {
+    /// The contender.
+    pub contender: String,
+    /// mq, a peer or the raw client.
+    pub kind: Kind,
+    /// Messages a second, per round, in the order run.
+    pub rounds: Vec<f64>,
+    /// The median of `rounds`.
+    pub median: f64,
+}
+
+/// A workload's results.
+#[derive(Debug, Serialize)]
+pub struct Result_ {
+    /// `memory`, `redis`, ...
+    pub backend: String,
+    /// What was measured.
+    pub workload: String,
+    /// Messages per round.
+    pub messages: usize,
+    /// Unequal settings, if any.
+    pub notes: String,
+    /// One entry per contender.
+    pub contenders: Vec<Measured>,
+}
+
+fn contender<F, Fut>(name: &'static str, kind: Kind, f: F) -> Contender
+where
+    F: Fn(usize, Bytes) -> Fut + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    Contender {
+        name,
+        kind,
+        run: Box::new(move |n, p| Box::pin(f(n, p))),
+    }
+}
+
+fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
+    let scale = |n: usize| if quick { (n / 20).max(1000) } else { n };
+    let mut all = Vec::new();
+    let wanted = |b: &str| backends.is_empty() || backends.iter().any(|x| x == b);
+    if wanted("memory") {
+        all.push(Workload {
+            backend: "memory",
+            name: "1 producer -> 1 consumer, recv + ack",
+            messages: scale(100_000),
+            notes: "mq keeps a lease per delivery (at-least-once) and a bounded queue; \
+                    ruststream and omniqueue keep neither (unbounded queues)",
+            contenders: vec![
+                contender("mq", Kind::Mq, memory::mq),
+                contender("ruststream", Kind::Peer, memory::ruststream),
+                contender("omniqueue", Kind::Peer, memory::omniqueue),
+                contender("mpsc<Message>", Kind::Raw, memory::mpsc),
+            ],
+        });
+    }
+    if wanted("redis") {
+        use redis::Sends;
+        all.push(Workload {
+            backend: "redis",
+            name: "send, awaited one by one",
+            messages: scale(20_000),
+            notes: "",
+            contenders: vec![
+                contender("mq", Kind::Mq, |n, p| redis::mq_send(n, p, Sends::One)),
+                contender("ruststream", Kind::Peer, |n, p| {
+                    redis::ruststream_send(n, p, Sends::One)
+                }),
+                contender("omniqueue", Kind::Peer, |n, p| {
+                    redis::omniqueue_send(n, p, Sends::One)
+                }),
+                contender("redis-rs", Kind::Raw, |n, p| redis::raw_send(n, p, Sends::One)),
+            ],
+        });
+        all.push(Workload {
+            backend: "redis",
+            name: "send, 100 at a time",
+            messages: scale(50_000),
+            notes: "mq: send_batch(100); redis-rs: one pipeline of 100 XADD; ruststream and \
+                    omniqueue have no batch send: 100 concurrent sends",
+            contenders: vec![
+                contender("mq", Kind::Mq, |n, p| redis::mq_send(n, p, Sends::Hundred)),
+                contender("ruststream", Kind::Peer, |n, p| {
+                    redis::ruststream_send(n, p, Sends::Hundred)
+                }),
+                contender("omniqueue", Kind::Peer, |n, p| {
+                    redis::omniqueue_send(n, p, Sends::Hundred)
+                }),
+                contender("redis-rs", Kind::Raw, |n, p| {
+                    redis::raw_send(n, p, Sends::Hundred)
+                }),
+            ],
+        });
+        all.push(Workload {
+            backend: "redis",
+            name: "consume + ack",
+            messages: scale(20_000),
+            notes: "mq: recv + ack (prefetch 200; acks are batched XACKs); ruststream: up to 200 \
+                    acks in flight; omniqueue: receive_all(100) and the batch's acks together; \
+                    redis-rs: XREADGROUP COUNT 100 + one XACK",
+            contenders: vec![
+                contender("mq", Kind::Mq, |n, p| redis::mq_consume(n, p, false)),
+                contender("mq recv_many", Kind::Mq, |n, p| redis::mq_consume(n, p, true)),
+                contender("ruststream", Kind::Peer, redis::ruststream_consume),
+                contender("omniqueue", Kind::Peer, redis::omniqueue_consume),
+                contender("redis-rs", Kind::Raw, redis::raw_consume),
+            ],
+        });
+    }
+    all
+}
+
+struct Args {
+    backends: Vec<String>,
+    rounds: usize,
+    out: PathBuf,
+    quick: bool,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: mq-peers [--backends memory,redis] [--rounds N] [--out DIR] [--quick]");
+    std::process::exit(2)
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        backends: Vec::new(),
+        rounds: std::env::var("MQ_BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(5),
+        out: PathBuf::from("target/bench"),
+        quick: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--backends" => {
+                let v = it.next().unwrap_or_else(|| usage());
+                a.backends = v.split(',').map(str::to_string).collect();
+            }
+            "--rounds" => {
+                a.rounds = it.next().and_then(|r| r.parse().ok()).unwrap_or_else(|| usage());
+            }
+            "--out" => a.out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
+            "--quick" => a.quick = true,
+            "-h" | "--help" => {
+                println!("mq-peers [--backends memory,redis] [--rounds N] [--out DIR] [--quick]");
+                std::process::exit(0)
+            }
+            _ => usage(),
+        }
+    }
+    if a.rounds == 0 {
+        usage();
+    }
+    a
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let workloads = workloads(&args.backends, args.quick);
+    if workloads.is_empty() {
+        eprintln!("no workload for backends {:?}", args.backends);
+        std::process::exit(2);
+    }
+    let started = std::time::Instant::now();
+    let mut results = Vec::new();
+    let mut failed = false;
+    for w in &workloads {
+        println!(
+            "\n== {} / {}: {} x {}-byte messages, {} interleaved rounds",
+            w.backend,
+            w.name,
+            w.messages,
+            payload.len(),
+            args.rounds
+        );
+        let bars = MultiProgress::new();
+        let style = ProgressStyle::with_template("  {prefix:>14} [{bar:20}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> ");
+        let progress: Vec<ProgressBar> = w
+            .contenders
+            .iter()
+            .map(|c| {
+                let b = bars.add(ProgressBar::new(args.rounds as u64 + 1));
+                b.set_style(style.clone());
+                b.set_prefix(c.name);
+                b
+            })
+            .collect();
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); w.contenders.len()];
+        let mut errors: BTreeMap<&str, String> = BTreeMap::new();
+        // Warm-up (not counted), then the rounds, each in a rotated order.
+        for (i, c) in w.contenders.iter().enumerate() {
+            progress[i].set_message("warm-up");
+            if let Err(e) = runtime.block_on((c.run)((w.messages / 10).max(100), payload.clone())) {
+                errors.insert(c.name, e);
+            }
+            progress[i].inc(1);
+        }
+        for round in 0..args.rounds {
+            for turn in 0..w.contenders.len() {
+                let i = (round + turn) % w.contenders.len();
+                let c = &w.contenders[i];
+                if errors.contains_key(c.name) {
+                    progress[i].inc(1);
+                    continue;
+                }
+                match runtime.block_on((c.run)(w.messages, payload.clone())) {
+                    Ok(took) => {
+                        let rate = w.messages as f64 / took.as_secs_f64().max(1e-9);
+                        rates[i].push(rate);
+                        progress[i].set_message(format!("{rate:.0} msg/s"));
+                    }
+                    Err(e) => {
+                        progress[i].set_message(format!("failed: {e}"));
+                        errors.insert(c.name, e);
+                    }
+                }
+                progress[i].inc(1);
+            }
+        }
+        for b in &progress {
+            b.finish();
+        }
+        let _ = bars.clear();
+        let mq = w
+            .contenders
+            .iter()
+            .position(|c| c.kind == Kind::Mq)
+            .map(|i| median(&rates[i]));
+        let mut measured = Vec::new();
+        for (i, c) in w.contenders.iter().enumerate() {
+            let m = median(&rates[i]);
+            let ratio = match (mq, c.kind) {
+                (Some(q), Kind::Peer | Kind::Raw) if m > 0.0 => format!("   mq / {}: {:.2}", c.name, q / m),
+                _ => String::new(),
+            };
+            let rounds = rates[i]
+                .iter()
+                .map(|r| format!("{:.0}", r))
+                .collect::<Vec<_>>()
+                .join(" ");
+            match errors.get(c.name) {
+                Some(e) => {
+                    failed = true;
+                    println!("  {:>14}: failed: {e}", c.name);
+                }
+                None => println!("  {:>14}: {m:>9.0} msg/s{ratio}   (rounds: {rounds})", c.name),
+            }
+            measured.push(Measured {
+                contender: c.name.to_string(),
+                kind: c.kind,
+                rounds: rates[i].clone(),
+                median: m,
+            });
+        }
+        if !w.notes.is_empty() {
+            println!("  settings: {}", w.notes);
+        }
+        results.push(Result_ {
+            backend: w.backend.to_string(),
+            workload: w.name.to_string(),
+            messages: w.messages,
+            notes: w.notes.to_string(),
+            contenders: measured,
+        });
+    }
+    if let Err(e) = write(&args.out, &results) {
+        eprintln!("writing the results to {}: {e}", args.out.display());
+        std::process::exit(1);
+    }
+    println!(
+        "\nwrote {}/peers.json, peers.csv and one chart per backend; took {:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+fn write(out: &std::path::Path, results: &[Result_]) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("peers.json"), json).map_err(|e| e.to_string())?;
+    let mut csv = String::from("backend,workload,contender,kind,messages,round,msg_per_s\n");
+    for r in results {
+        for c in &r.contenders {
+            for (k, rate) in c.rounds.iter().enumerate() {
+                csv.push_str(&format!(
+                    "{},\"{}\",{},{:?},{},{},{:.0}\n",
+                    r.backend,
+                    r.workload,
+                    c.contender,
+                    c.kind,
+                    r.messages,
+                    k + 1,
+                    rate
+                ));
+            }
+        }
+    }
+    std::fs::write(out.join("peers.csv"), csv).map_err(|e| e.to_string())?;
+    let mut backends: Vec<&str> = results.iter().map(|r| r.backend.as_str()).collect();
+    backends.dedup();
+    for b in backends {
+        let of: Vec<&Result_> = results.iter().filter(|r| r.backend == b).collect();
+        chart::throughput(&out.join(format!("{b}.svg")), b, &of)?;
+    }
+    Ok(())
+}
