@@ -4,7 +4,7 @@
 //! printed and the charts it drew.
 //!
 //! ```text
-//! mq-peers [--backends memory,redis] [--rounds N] [--out DIR] [--quick]
+//! mq-peers [--backends memory,redis,rabbitmq,kafka] [--rounds N] [--out DIR] [--quick]
 //! ```
 //!
 //! Writes `DIR/peers.json` (every round of every contender), `DIR/peers.csv`
@@ -12,7 +12,9 @@
 //! of each contender, per workload, with mq's ratio to it).
 
 mod chart;
+mod kafka;
 mod memory;
+mod rabbit;
 mod redis;
 
 use std::collections::BTreeMap;
@@ -169,6 +171,54 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             ],
         });
     }
+    if wanted("rabbitmq") {
+        all.push(Workload {
+            backend: "rabbitmq",
+            name: "persistent, confirms (window 100), prefetch 200, ack each",
+            messages: scale(20_000),
+            notes: "mq and lapin publish through a topic exchange (mq's topology); ruststream on a \
+                    plain queue and through a topic exchange; omniqueue has no publisher \
+                    confirms (it publishes without them)",
+            contenders: vec![
+                contender("mq", Kind::Mq, |n, p| rabbit::mq(n, p, false)),
+                contender("mq recv_many", Kind::Mq, |n, p| rabbit::mq(n, p, true)),
+                contender("ruststream", Kind::Peer, |n, p| rabbit::ruststream(n, p, false)),
+                contender("ruststream topic", Kind::Peer, |n, p| {
+                    rabbit::ruststream(n, p, true)
+                }),
+                contender("omniqueue", Kind::Peer, rabbit::omniqueue),
+                contender("lapin", Kind::Raw, rabbit::lapin),
+            ],
+        });
+    }
+    if wanted("kafka") {
+        all.push(Workload {
+            backend: "kafka",
+            name: "produce, idempotent, acks=all, linger.ms=5, 1,000 in flight",
+            messages: scale(50_000),
+            notes: "mq: send_batch(1000); rdkafka: 1,000 FutureRecords awaited together; \
+                    ruststream: 1,000 concurrent publishes (no batch publish)",
+            contenders: vec![
+                contender("mq", Kind::Mq, kafka::mq_produce),
+                contender("ruststream", Kind::Peer, kafka::ruststream_produce),
+                contender("rdkafka", Kind::Raw, kafka::raw_produce),
+            ],
+        });
+        all.push(Workload {
+            backend: "kafka",
+            name: "consume + ack, a new group, from the first message to the last",
+            messages: scale(20_000),
+            notes: "every contender reads the same kind of messages (written by mq, with its \
+                    headers); rdkafka reads every header and stores each offset; ruststream \
+                    with Commit::Tracked (per-message acks)",
+            contenders: vec![
+                contender("mq", Kind::Mq, |n, p| kafka::mq_consume(n, p, false)),
+                contender("mq recv_many", Kind::Mq, |n, p| kafka::mq_consume(n, p, true)),
+                contender("ruststream", Kind::Peer, kafka::ruststream_consume),
+                contender("rdkafka", Kind::Raw, kafka::raw_consume),
+            ],
+        });
+    }
     all
 }
 
@@ -180,7 +230,7 @@ struct Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: mq-peers [--backends memory,redis] [--rounds N] [--out DIR] [--quick]");
+    eprintln!("usage: mq-peers [--backends memory,redis,rabbitmq,kafka] [--rounds N] [--out DIR] [--quick]");
     std::process::exit(2)
 }
 
@@ -207,7 +257,9 @@ fn args() -> Args {
             "--out" => a.out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
             "--quick" => a.quick = true,
             "-h" | "--help" => {
-                println!("mq-peers [--backends memory,redis] [--rounds N] [--out DIR] [--quick]");
+                println!(
+                    "mq-peers [--backends memory,redis,rabbitmq,kafka] [--rounds N] [--out DIR] [--quick]"
+                );
                 std::process::exit(0)
             }
             _ => usage(),
@@ -251,7 +303,7 @@ fn main() {
             args.rounds
         );
         let bars = MultiProgress::new();
-        let style = ProgressStyle::with_template("  {prefix:>14} [{bar:20}] {pos}/{len} {msg}")
+        let style = ProgressStyle::with_template("  {prefix:>16} [{bar:20}] {pos}/{len} {msg}")
             .expect("a valid template")
             .progress_chars("=> ");
         let progress: Vec<ProgressBar> = w
@@ -320,9 +372,9 @@ fn main() {
             match errors.get(c.name) {
                 Some(e) => {
                     failed = true;
-                    println!("  {:>14}: failed: {e}", c.name);
+                    println!("  {:>16}: failed: {e}", c.name);
                 }
-                None => println!("  {:>14}: {m:>9.0} msg/s{ratio}   (rounds: {rounds})", c.name),
+                None => println!("  {:>16}: {m:>9.0} msg/s{ratio}   (rounds: {rounds})", c.name),
             }
             measured.push(Measured {
                 contender: c.name.to_string(),

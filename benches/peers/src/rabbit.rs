@@ -1,0 +1,336 @@
+//! RabbitMQ: persistent 100-byte messages published flat out with
+//! publisher confirms (a window of 100: 100 published, their confirms
+//! awaited together), consumed at the same time with a prefetch of 200 and
+//! an ack per message. mq-rabbit, ruststream-lapin (on a plain queue, and
+//! through a topic exchange as mq goes), omniqueue's RabbitMQ backend and
+//! raw lapin (through a topic exchange, as mq).
+
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::FuturesUnordered};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use mq_core::{Broker, BrokerUrl, Message, Producer, ProducerOptions, Subscription};
+use mq_rabbit::{RabbitBroker, RabbitConfig};
+use ruststream::{Broker as _, IncomingMessage, OutgoingMessage, Publisher, Subscriber};
+use ruststream_lapin::{LapinBroker, LapinPublish, RabbitExchange, RabbitQueue};
+
+use crate::Outcome;
+
+/// The RabbitMQ the benchmark uses.
+pub fn url() -> String {
+    std::env::var("MQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+const WINDOW: usize = 100;
+const PREFETCH: u16 = 200;
+/// How long a consumer waits for the next message before the round fails.
+const STALL: Duration = Duration::from_secs(30);
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn unique(what: &str) -> String {
+    format!("peers-{what}-{}", &mq_core::new_id()[24..])
+}
+
+async fn raw_conn() -> Result<Connection, String> {
+    Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("RabbitMQ does not answer ({e}); start one or set MQ_TEST_AMQP_URL"))
+}
+
+/// Deletes a round's queue and, if it has one, its exchange.
+async fn cleanup(queue: &str, exchange: Option<&str>) -> Result<(), String> {
+    let conn = raw_conn().await?;
+    let ch = conn.create_channel().await.map_err(err)?;
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .map_err(err)?;
+    if let Some(x) = exchange {
+        ch.exchange_delete(x.into(), ExchangeDeleteOptions::default())
+            .await
+            .map_err(err)?;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
+
+/// mq-rabbit: `send_batch` of 100 (its confirms awaited together), `recv`
+/// + `ack` or `recv_many(200)` + `ack_all`.
+pub async fn mq(n: usize, payload: Bytes, many: bool) -> Outcome {
+    let config = RabbitConfig::from_url(&BrokerUrl::parse(&url()).map_err(err)?).map_err(err)?;
+    let broker = RabbitBroker::connect(config).await.map_err(err)?;
+    let topic = unique("mq");
+    let mut consumer = broker
+        .subscribe(Subscription::new(&topic, "g").prefetch(usize::from(PREFETCH)))
+        .await
+        .map_err(err)?;
+    let producer: Box<dyn Producer> = broker.producer(ProducerOptions::default()).await.map_err(err)?;
+    let start = Instant::now();
+    let sender = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for _ in 0..n / WINDOW {
+                let batch = (0..WINDOW).map(|_| Message::new(payload.clone())).collect();
+                producer.send_batch(&topic, batch).await.map_err(err)?;
+            }
+            Ok::<_, String>(())
+        })
+    };
+    let mut seen = 0;
+    while seen < n {
+        if many {
+            let batch = consumer
+                .recv_many(usize::from(PREFETCH), STALL)
+                .await
+                .map_err(err)?
+                .ok_or("the consumer ended")?;
+            if batch.is_empty() {
+                return Err(format!("consumed {seen} of {n}: nothing more within {STALL:?}"));
+            }
+            seen += batch.len();
+            mq_core::ack_all(&batch).await.map_err(err)?;
+        } else {
+            let d = tokio::time::timeout(STALL, consumer.recv())
+                .await
+                .map_err(|_| format!("consumed {seen} of {n}: nothing more within {STALL:?}"))?
+                .map_err(err)?
+                .ok_or("the consumer ended")?;
+            d.ack().await.map_err(err)?;
+            seen += 1;
+        }
+    }
+    let took = start.elapsed();
+    sender.await.map_err(err)??;
+    consumer.close().await.map_err(err)?;
+    broker.close().await.map_err(err)?;
+    cleanup(&format!("{topic}.g"), Some(&topic)).await?;
+    Ok(took)
+}
+
+/// ruststream-lapin with confirms: 100 concurrent publishes (each awaits
+/// its confirm), the subscription's stream with an ack per message. On a
+/// plain queue (the default exchange), or through a topic exchange.
+pub async fn ruststream(n: usize, payload: Bytes, topic_exchange: bool) -> Outcome {
+    let name = unique("rs");
+    let broker = LapinBroker::new(url())
+        .declare_topology(true)
+        .connect()
+        .await
+        .map_err(err)?;
+    let prefetch = NonZeroU16::new(PREFETCH).ok_or("prefetch 0")?;
+    let mut queue = RabbitQueue::new(&name).prefetch(prefetch);
+    let mut policy = LapinPublish::default().confirms().persistent(true);
+    if topic_exchange {
+        queue = queue.bind(RabbitExchange::topic(&name), "#");
+        policy = policy.exchange(&name);
+    }
+    let mut subscriber = broker.subscribe(queue).await.map_err(err)?;
+    let publisher = broker.publisher(policy);
+    let start = Instant::now();
+    let sender = {
+        let name = name.clone();
+        tokio::spawn(async move {
+            for _ in 0..n / WINDOW {
+                let sends: FuturesUnordered<_> = (0..WINDOW)
+                    .map(|_| publisher.publish(OutgoingMessage::new(&name, &payload[..]), None))
+                    .collect();
+                for r in sends.collect::<Vec<_>>().await {
+                    r.map_err(err)?;
+                }
+            }
+            Ok::<_, String>(())
+        })
+    };
+    {
+        let mut stream = std::pin::pin!(subscriber.stream());
+        let mut seen = 0;
+        while seen < n {
+            let m = tokio::time::timeout(STALL, stream.next())
+                .await
+                .map_err(|_| format!("consumed {seen} of {n}: nothing more within {STALL:?}"))?
+                .ok_or("the stream ended")?
+                .map_err(err)?;
+            m.ack().await.map_err(err)?;
+            seen += 1;
+        }
+    }
+    let took = start.elapsed();
+    sender.await.map_err(err)??;
+    drop(subscriber);
+    cleanup(&name, topic_exchange.then_some(name.as_str())).await?;
+    Ok(took)
+}
+
+/// omniqueue's RabbitMQ backend: `send_raw` (it publishes without
+/// confirms: it has none), 100 at a time, concurrently; `receive` + `ack`.
+/// The queue is declared here (omniqueue leaves that to the application).
+pub async fn omniqueue(n: usize, payload: Bytes) -> Outcome {
+    use omniqueue::backends::rabbitmq as o;
+    let name = unique("omni");
+    declare_queue(&name, None).await?;
+    let config = omniqueue::backends::RabbitMqConfig {
+        uri: url(),
+        connection_properties: o::ConnectionProperties::default(),
+        publish_exchange: String::new(),
+        publish_routing_key: name.clone(),
+        publish_options: o::BasicPublishOptions::default(),
+        publish_properties: o::BasicProperties::default().with_delivery_mode(2),
+        consume_queue: name.clone(),
+        consumer_tag: "omni".into(),
+        consume_options: o::BasicConsumeOptions::default(),
+        consume_arguments: o::FieldTable::default(),
+        consume_prefetch_count: Some(PREFETCH),
+        requeue_on_nack: true,
+    };
+    let (producer, mut consumer) = omniqueue::backends::RabbitMqBackend::builder(config)
+        .build_pair()
+        .await
+        .map_err(err)?;
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        for _ in 0..n / WINDOW {
+            let sends: FuturesUnordered<_> = (0..WINDOW).map(|_| producer.send_raw(&payload)).collect();
+            for r in sends.collect::<Vec<_>>().await {
+                r.map_err(err)?;
+            }
+        }
+        Ok::<_, String>(producer)
+    });
+    let mut seen = 0;
+    while seen < n {
+        let d = tokio::time::timeout(STALL, consumer.receive())
+            .await
+            .map_err(|_| format!("consumed {seen} of {n}: nothing more within {STALL:?}"))?
+            .map_err(err)?;
+        d.ack().await.map_err(|(e, _)| err(e))?;
+        seen += 1;
+    }
+    let took = start.elapsed();
+    let producer = sender.await.map_err(err)??;
+    drop((producer, consumer));
+    cleanup(&name, None).await?;
+    Ok(took)
+}
+
+/// Declares a durable queue, bound to a durable topic exchange of the same
+/// name when `exchange` is given.
+async fn declare_queue(queue: &str, exchange: Option<&str>) -> Result<(), String> {
+    let conn = raw_conn().await?;
+    let ch = conn.create_channel().await.map_err(err)?;
+    if let Some(x) = exchange {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(x.into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .map_err(err)?;
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await
+        .map_err(err)?;
+    if let Some(x) = exchange {
+        ch.queue_bind(
+            queue.into(),
+            x.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
+
+/// Raw lapin through a topic exchange (as mq-rabbit goes): 100 persistent
+/// publishes, mandatory, their confirms awaited together; `basic_consume`
+/// with a prefetch of 200, an ack per message.
+pub async fn lapin(n: usize, payload: Bytes) -> Outcome {
+    let name = unique("raw");
+    let queue = format!("{name}.g");
+    declare_queue(&queue, Some(&name)).await?;
+    let conn = raw_conn().await?;
+    let consume = conn.create_channel().await.map_err(err)?;
+    consume
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    let mut consumer = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    let publish = conn.create_channel().await.map_err(err)?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err)?;
+    let start = Instant::now();
+    let sender = {
+        let name = name.clone();
+        tokio::spawn(async move {
+            for _ in 0..n / WINDOW {
+                let mut confirms = Vec::with_capacity(WINDOW);
+                for _ in 0..WINDOW {
+                    let props = BasicProperties::default().with_delivery_mode(2);
+                    let options = BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    };
+                    confirms.push(
+                        publish
+                            .basic_publish(
+                                name.as_str().into(),
+                                name.as_str().into(),
+                                options,
+                                &payload,
+                                props,
+                            )
+                            .await
+                            .map_err(err)?,
+                    );
+                }
+                for c in futures::future::join_all(confirms).await {
+                    if !c.map_err(err)?.is_ack() {
+                        return Err("a publish was nacked".to_string());
+                    }
+                }
+            }
+            Ok::<_, String>(())
+        })
+    };
+    let mut seen = 0;
+    while seen < n {
+        let d = tokio::time::timeout(STALL, consumer.next())
+            .await
+            .map_err(|_| format!("consumed {seen} of {n}: nothing more within {STALL:?}"))?
+            .ok_or("the consumer ended")?
+            .map_err(err)?;
+        d.ack(BasicAckOptions::default()).await.map_err(err)?;
+        seen += 1;
+    }
+    let took = start.elapsed();
+    sender.await.map_err(err)??;
+    let _ = conn.close(200, "bye".into()).await;
+    cleanup(&queue, Some(&name)).await?;
+    Ok(took)
+}
