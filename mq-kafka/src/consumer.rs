@@ -27,6 +27,7 @@ use crate::broker::Inner;
 use crate::error::map;
 use crate::hand_back::HandBack;
 use crate::producer::ID;
+use crate::retry_gate::{GATE_MAX, RetryGate};
 
 /// Header of a delayed copy: when it is due (ms since the epoch).
 const DUE: &str = "mq-due";
@@ -369,6 +370,9 @@ pub(crate) struct Ctx {
     transactional: bool,
     /// A revoke waits for unacked deliveries being handed back.
     pub(crate) hand_back: HandBack,
+    /// Holds the retry partitions after an assignment until the topic's
+    /// are fetched.
+    retry_gate: RetryGate,
 }
 
 impl Ctx {
@@ -435,9 +439,39 @@ impl ConsumerContext for Ctx {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(_) = rebalance {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.hold_retry(consumer, tpl);
             self.assigned.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+impl Ctx {
+    /// Pauses the newly assigned retry partitions until the topic's are
+    /// fetched (see [`RetryGate`]).
+    fn hold_retry(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        let mut retry = TopicPartitionList::new();
+        let mut topic = Vec::new();
+        for e in assigned.elements() {
+            match self.tracker.source(e.topic()) {
+                Some(Source::Topic) => topic.push(e.partition()),
+                Some(Source::Retry) => {
+                    retry.add_partition(e.topic(), e.partition());
+                }
+                None => {}
+            }
+        }
+        if topic.is_empty() || retry.count() == 0 {
+            self.retry_gate.release();
+            return;
+        }
+        match consumer.pause(&retry) {
+            Ok(()) => self.retry_gate.hold(topic, GATE_MAX),
+            Err(e) => {
+                tracing::debug!(error = %e, "pausing the retry partitions");
+                self.retry_gate.release();
+            }
         }
     }
 }
@@ -797,6 +831,9 @@ impl Batch {
             shared.release_slots(1);
             return;
         };
+        if source == Source::Topic {
+            shared.consumer.context().retry_gate.fetched(m.partition());
+        }
         let stamp = shared.tracker.stamp();
         self.slots.held += 1;
         let first_header = self.headers.len();
@@ -1037,6 +1074,7 @@ impl KafkaConsumer {
                 transactional,
                 uncommitted: Mutex::new(HashMap::new()),
                 hand_back: HandBack::default(),
+                retry_gate: RetryGate::default(),
             })
             .map_err(|e| map(e, "create a consumer", inner.endpoint()))?;
         consumer
@@ -1183,6 +1221,14 @@ fn poll_loop(shared: &Arc<Shared>, tx: &mpsc::Sender<Handed>) {
             }
             (true, None) => {}
         }
+        let gate = &shared.consumer.context().retry_gate;
+        if gate.due() {
+            gate.release();
+            // Paused or not, they follow the others from now on.
+            if paused.is_none() {
+                resume_retry(shared);
+            }
+        }
         let received = shared.consumer.poll(if slot { POLL } else { POLL_PAUSED });
         let m = match received {
             None => {
@@ -1280,15 +1326,19 @@ fn wait_for_slot(shared: &Shared) -> bool {
     }
 }
 
-/// Pauses (or resumes) every assigned partition.
+/// Pauses (or resumes) every assigned partition; while the retry gate
+/// holds the retry partitions, a resume leaves them paused.
 fn pause(shared: &Shared, on: bool) {
-    let assignment = match shared.consumer.assignment() {
+    let mut assignment = match shared.consumer.assignment() {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(error = %e, "reading the assignment");
             return;
         }
     };
+    if !on && shared.consumer.context().retry_gate.is_held() {
+        assignment = of_source(&shared.tracker, &assignment, Source::Topic);
+    }
     let r = if on {
         shared.consumer.pause(&assignment)
     } else {
@@ -1297,6 +1347,33 @@ fn pause(shared: &Shared, on: bool) {
     if let Err(e) = r {
         tracing::debug!(error = %e, pause = on, "pausing partitions");
     }
+}
+
+/// Resumes the assigned retry partitions (the retry gate let them go).
+fn resume_retry(shared: &Shared) {
+    let retry = match shared.consumer.assignment() {
+        Ok(a) => of_source(&shared.tracker, &a, Source::Retry),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the assignment");
+            return;
+        }
+    };
+    if retry.count() > 0
+        && let Err(e) = shared.consumer.resume(&retry)
+    {
+        tracing::debug!(error = %e, "resuming the retry partitions");
+    }
+}
+
+/// The partitions of `list` from `source`.
+fn of_source(tracker: &Tracker, list: &TopicPartitionList, source: Source) -> TopicPartitionList {
+    let mut of = TopicPartitionList::new();
+    for e in list.elements() {
+        if tracker.source(e.topic()) == Some(source) {
+            of.add_partition(e.topic(), e.partition());
+        }
+    }
+    of
 }
 
 /// Commits what was acked and leaves the group; closing waits for this

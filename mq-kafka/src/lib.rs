@@ -36,6 +36,7 @@ mod consumer;
 mod error;
 mod hand_back;
 mod producer;
+mod retry_gate;
 #[cfg(feature = "testcontainers")]
 pub mod testing;
 mod transaction;

@@ -247,6 +247,53 @@ async fn recv_many_holds_delayed_copies_until_they_are_due() {
     consumer.close().await.unwrap();
 }
 
+/// After each assignment the retry partitions are held until the topic's
+/// own partitions are fetched (a fetch of only the empty retry partitions
+/// held a new group's read for 100 ms); held at most a second, so a copy
+/// waiting in the retry topic still comes when the topic has nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_requeued_copy_comes_after_a_new_assignment_with_nothing_else_to_read() {
+    let mock = Mock::start();
+    let broker = mock_broker(&mock, "").await;
+    let topic = unique("gate");
+    let mut first = broker.subscribe(earliest(&topic, "g")).await.unwrap();
+    let producer = producer(&broker).await;
+    for i in 0..3 {
+        producer
+            .send(&topic, Message::new(format!("{i}")).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen < 3 {
+        assert!(Instant::now() < deadline, "only {seen} of 3 arrived");
+        let d = expect_delivery(first.as_mut(), "one of the three").await;
+        assert_eq!(d.attempt(), 1);
+        if numbered(&d) == 0 {
+            // Due after the consumer below has its assignment.
+            d.nack(mq_core::Nack::requeue_after(Duration::from_secs(2)))
+                .await
+                .unwrap();
+        } else {
+            d.ack().await.unwrap();
+        }
+        seen += 1;
+    }
+    first.close().await.unwrap();
+    let mut second = broker.subscribe(earliest(&topic, "g")).await.unwrap();
+    let copy = expect_delivery(second.as_mut(), "the requeued copy after a new assignment").await;
+    assert_eq!(numbered(&copy), 0, "the requeued one comes again");
+    assert_eq!(copy.attempt(), 2);
+    copy.ack().await.unwrap();
+    let more = tokio::time::timeout(Duration::from_millis(1500), second.recv()).await;
+    assert!(
+        !matches!(more, Ok(Ok(Some(_)))),
+        "nothing else was left to read: {more:?}"
+    );
+    second.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_leaving_mid_stream_loses_nothing() {
     const N: usize = 600;
