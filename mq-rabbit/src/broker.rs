@@ -516,14 +516,39 @@ impl Broker for RabbitBroker {
             return Ok(());
         }
         let conn = self.inner.conn.lock().await.take();
-        if let Some((_, conn)) = conn
-            && conn.status().connected()
-        {
-            conn.close(200, "mq: broker closed".into())
-                .await
-                .map_err(|e| map(e, "close the connection", &self.inner.endpoint))?;
+        if let Some((_, conn)) = conn {
+            close_connection(&conn, &self.inner.endpoint).await?;
         }
         Ok(())
+    }
+}
+
+/// How long closing waits for channels that are closing already (a
+/// consumer's just closed, a dropped producer's).
+const CLOSING_CHANNELS: Duration = Duration::from_secs(2);
+
+/// Closes `conn`. lapin refuses to close a connection while one of its
+/// channels is itself closing (`InvalidChannelState(Closing)`): that is
+/// tried again, every 10 ms, until those channels are closed or
+/// [`CLOSING_CHANNELS`] passed.
+async fn close_connection(conn: &Connection, endpoint: &str) -> Result<()> {
+    let deadline = Instant::now() + CLOSING_CHANNELS;
+    loop {
+        if !conn.status().connected() {
+            return Ok(());
+        }
+        match conn.close(200, "mq: broker closed".into()).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closing, _)
+                ) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(map(e, "close the connection", endpoint)),
+        }
     }
 }
 

@@ -552,3 +552,32 @@ async fn url_prefetch_caps_every_consumer() {
         d.ack().await.unwrap();
     }
 }
+
+/// Closing the broker right after its consumer was closed and its producer
+/// dropped succeeds: channels still closing are not an error of `close`
+/// (seen as "close the connection: invalid channel state: Closing").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_broker_right_after_its_consumer_and_producer_succeeds() {
+    for round in 0..5 {
+        let broker = common::rabbit_broker("").await;
+        let topic = topic("closing");
+        let mut consumer = broker
+            .subscribe(Subscription::new(&topic, "g").prefetch(200))
+            .await
+            .unwrap();
+        let producer: Arc<dyn Producer> =
+            Arc::from(broker.producer(ProducerOptions::default()).await.unwrap());
+        let batch: Vec<Message> = (0..20).map(|i| Message::new(format!("{i}"))).collect();
+        producer.send_batch(&topic, batch).await.unwrap();
+        for _ in 0..20 {
+            let d = expect_delivery(consumer.as_mut(), "one of the batch").await;
+            d.ack().await.unwrap();
+        }
+        consumer.close().await.unwrap();
+        drop(producer);
+        let closed = tokio::time::timeout(BOUND, broker.close())
+            .await
+            .expect("close within the bound");
+        assert!(closed.is_ok(), "round {round}: {closed:?}");
+    }
+}
