@@ -24,12 +24,18 @@ pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<()
     let (title, body) = root.split_vertically(50);
     title
         .titled(
-            &format!("{backend}: messages per second, median of interleaved rounds (blue mq, orange peers, grey raw client)"),
+            &format!(
+                "{backend}: messages per second (latency: p50 and p99, µs), medians of interleaved rounds; blue mq, orange peers, grey raw client"
+            ),
             ("sans-serif", 15),
         )
         .map_err(|e| e.to_string())?;
     let panels = body.split_evenly((results.len(), 1));
     for (area, r) in panels.iter().zip(results) {
+        if r.latency {
+            latency(area, r)?;
+            continue;
+        }
         let max = r.contenders.iter().map(|c| c.median).fold(1.0, f64::max);
         let n = r.contenders.len();
         let mq = r.contenders.iter().find(|c| c.kind == Kind::Mq).map(|c| c.median);
@@ -79,4 +85,64 @@ pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<()
         }
     }
     root.present().map_err(|e| e.to_string())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// A latency panel: per contender a bar for p50 (light) and one for p99.
+fn latency<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    r: &Result_,
+) -> Result<(), String> {
+    let rows: Vec<(String, Kind, f64, f64)> = r
+        .contenders
+        .iter()
+        .map(|c| (c.contender.clone(), c.kind, median(&c.p50_us), median(&c.p99_us)))
+        .collect();
+    let max = rows.iter().map(|r| r.3).fold(1.0, f64::max);
+    let mq = rows.iter().find(|r| r.1 == Kind::Mq).map(|r| (r.2, r.3));
+    let n = rows.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(&r.workload, ("sans-serif", 14))
+        .margin(6)
+        .x_label_area_size(22)
+        .y_label_area_size(10)
+        .build_cartesian_2d(0.0..max * 1.6, 0.0..n)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .disable_y_axis()
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| format!("{x:.0} µs"))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (name, kind, p50, p99)) in rows.iter().enumerate() {
+        let base = n - i as f64;
+        let c = colour(*kind);
+        chart
+            .draw_series([
+                Rectangle::new([(0.0, base - 0.5), (*p99, base - 0.15)], c.filled()),
+                Rectangle::new([(0.0, base - 0.85), (*p50, base - 0.5)], c.mix(0.45).filled()),
+            ])
+            .map_err(|e| e.to_string())?;
+        let ratio = match mq {
+            Some((m50, m99)) if *kind != Kind::Mq && *p50 > 0.0 && *p99 > 0.0 => {
+                format!("  (mq / {name}: p50 {:.2}, p99 {:.2})", m50 / p50, m99 / p99)
+            }
+            _ => String::new(),
+        };
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{name}: p50 {p50:.0} µs, p99 {p99:.0} µs{ratio}"),
+                (*p99 + max * 0.01, base - 0.3),
+                ("sans-serif", 12),
+            )))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

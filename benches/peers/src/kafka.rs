@@ -68,11 +68,16 @@ fn cluster() -> Result<&'static Cluster, String> {
         .map_err(Clone::clone)
 }
 
+/// The bootstrap servers of the cluster the benchmark uses.
+pub fn servers() -> Result<String, String> {
+    Ok(cluster()?.servers.clone())
+}
+
 fn mock() -> bool {
     !std::env::var("MQ_TEST_KAFKA_BROKERS").is_ok_and(|s| !s.trim().is_empty())
 }
 
-async fn mq_broker() -> Result<KafkaBroker, String> {
+pub async fn mq_broker() -> Result<KafkaBroker, String> {
     let c = cluster()?;
     let extra = if mock() { "&create_topics=false" } else { "" };
     let url = format!("kafka://{}?rdkafka.linger.ms={LINGER_MS}{extra}", c.servers);
@@ -81,7 +86,7 @@ async fn mq_broker() -> Result<KafkaBroker, String> {
         .map_err(err)
 }
 
-fn raw_producer() -> Result<FutureProducer, String> {
+pub fn raw_producer() -> Result<FutureProducer, String> {
     ClientConfig::new()
         .set("bootstrap.servers", &cluster()?.servers)
         .set("enable.idempotence", "true")

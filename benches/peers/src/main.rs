@@ -13,6 +13,7 @@
 
 mod chart;
 mod kafka;
+mod latency;
 mod memory;
 mod rabbit;
 mod redis;
@@ -30,7 +31,14 @@ use serde::Serialize;
 /// failed.
 pub type Outcome = Result<Duration, String>;
 
-type Run = Box<dyn Fn(usize, Bytes) -> BoxFuture<'static, Outcome>>;
+/// What a run measured: how long its messages took, or (a paced run)
+/// each message's age on arrival in µs.
+enum Measure {
+    Took(Duration),
+    Ages(Vec<u64>),
+}
+
+type Run = Box<dyn Fn(usize, Bytes) -> BoxFuture<'static, Result<Measure, String>>>;
 
 /// Who a contender is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -56,6 +64,8 @@ struct Workload {
     messages: usize,
     /// Settings that differ between contenders, printed next to the figures.
     notes: &'static str,
+    /// A paced run: latency percentiles, not throughput.
+    latency: bool,
     contenders: Vec<Contender>,
 }
 
@@ -70,6 +80,12 @@ pub struct Measured {
     pub rounds: Vec<f64>,
     /// The median of `rounds`.
     pub median: f64,
+    /// Paced runs: each round's median latency, µs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub p50_us: Vec<f64>,
+    /// Paced runs: each round's 99th percentile latency, µs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub p99_us: Vec<f64>,
 }
 
 /// A workload's results.
@@ -83,6 +99,8 @@ pub struct Result_ {
     pub messages: usize,
     /// Unequal settings, if any.
     pub notes: String,
+    /// A paced run (latency) rather than throughput.
+    pub latency: bool,
     /// One entry per contender.
     pub contenders: Vec<Measured>,
 }
@@ -95,7 +113,25 @@ where
     Contender {
         name,
         kind,
-        run: Box::new(move |n, p| Box::pin(f(n, p))),
+        run: Box::new(move |n, p| {
+            let run = f(n, p);
+            Box::pin(async move { run.await.map(Measure::Took) })
+        }),
+    }
+}
+
+fn paced<F, Fut>(name: &'static str, kind: Kind, f: F) -> Contender
+where
+    F: Fn(usize, Bytes) -> Fut + 'static,
+    Fut: std::future::Future<Output = latency::Ages> + Send + 'static,
+{
+    Contender {
+        name,
+        kind,
+        run: Box::new(move |n, p| {
+            let run = f(n, p);
+            Box::pin(async move { run.await.map(Measure::Ages) })
+        }),
     }
 }
 
@@ -110,6 +146,7 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             messages: scale(100_000),
             notes: "mq keeps a lease per delivery (at-least-once) and a bounded queue; \
                     ruststream and omniqueue keep neither (unbounded queues)",
+            latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, memory::mq),
                 contender("ruststream", Kind::Peer, memory::ruststream),
@@ -125,6 +162,7 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             name: "send, awaited one by one",
             messages: scale(20_000),
             notes: "",
+            latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| redis::mq_send(n, p, Sends::One)),
                 contender("ruststream", Kind::Peer, |n, p| {
@@ -142,6 +180,7 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             messages: scale(50_000),
             notes: "mq: send_batch(100); redis-rs: one pipeline of 100 XADD; ruststream and \
                     omniqueue have no batch send: 100 concurrent sends",
+            latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| redis::mq_send(n, p, Sends::Hundred)),
                 contender("ruststream", Kind::Peer, |n, p| {
@@ -162,6 +201,7 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             notes: "mq: recv + ack (prefetch 200; acks are batched XACKs); ruststream: up to 200 \
                     acks in flight; omniqueue: receive_all(100) and the batch's acks together; \
                     redis-rs: XREADGROUP COUNT 100 + one XACK",
+            latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| redis::mq_consume(n, p, false)),
                 contender("mq recv_many", Kind::Mq, |n, p| redis::mq_consume(n, p, true)),
@@ -179,6 +219,7 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             notes: "mq and lapin publish through a topic exchange (mq's topology); ruststream on a \
                     plain queue and through a topic exchange; omniqueue has no publisher \
                     confirms (it publishes without them)",
+            latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| rabbit::mq(n, p, false)),
                 contender("mq recv_many", Kind::Mq, |n, p| rabbit::mq(n, p, true)),
@@ -198,6 +239,7 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             messages: scale(50_000),
             notes: "mq: send_batch(1000); rdkafka: 1,000 FutureRecords awaited together; \
                     ruststream: 1,000 concurrent publishes (no batch publish)",
+            latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, kafka::mq_produce),
                 contender("ruststream", Kind::Peer, kafka::ruststream_produce),
@@ -211,6 +253,7 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             notes: "every contender reads the same kind of messages (written by mq, with its \
                     headers); rdkafka reads every header and stores each offset; ruststream \
                     with Commit::Tracked (per-message acks)",
+            latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| kafka::mq_consume(n, p, false)),
                 contender("mq recv_many", Kind::Mq, |n, p| kafka::mq_consume(n, p, true)),
@@ -218,6 +261,42 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
                 contender("rdkafka", Kind::Raw, kafka::raw_consume),
             ],
         });
+    }
+    let lat = |backend: &'static str, mq: Contender, raw: Contender| Workload {
+        backend,
+        name: "end-to-end latency at 2,000 msg/s (20 every 10 ms)",
+        messages: scale(4_000).max(400),
+        notes: "",
+        latency: true,
+        contenders: vec![mq, raw],
+    };
+    if wanted("memory") {
+        all.push(lat(
+            "memory",
+            paced("mq", Kind::Mq, latency::mq_memory),
+            paced("mpsc<Message>", Kind::Raw, latency::mpsc),
+        ));
+    }
+    if wanted("redis") {
+        all.push(lat(
+            "redis",
+            paced("mq", Kind::Mq, latency::mq_redis),
+            paced("redis-rs", Kind::Raw, latency::redis_rs),
+        ));
+    }
+    if wanted("rabbitmq") {
+        all.push(lat(
+            "rabbitmq",
+            paced("mq", Kind::Mq, latency::mq_rabbit),
+            paced("lapin", Kind::Raw, latency::lapin),
+        ));
+    }
+    if wanted("kafka") {
+        all.push(lat(
+            "kafka",
+            paced("mq", Kind::Mq, latency::mq_kafka),
+            paced("rdkafka", Kind::Raw, latency::rdkafka),
+        ));
     }
     all
 }
@@ -317,6 +396,8 @@ fn main() {
             })
             .collect();
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); w.contenders.len()];
+        let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); w.contenders.len()];
+        let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); w.contenders.len()];
         let mut errors: BTreeMap<&str, String> = BTreeMap::new();
         // Warm-up (not counted), then the rounds, each in a rotated order.
         for (i, c) in w.contenders.iter().enumerate() {
@@ -335,10 +416,19 @@ fn main() {
                     continue;
                 }
                 match runtime.block_on((c.run)(w.messages, payload.clone())) {
-                    Ok(took) => {
+                    Ok(Measure::Took(took)) => {
                         let rate = w.messages as f64 / took.as_secs_f64().max(1e-9);
                         rates[i].push(rate);
                         progress[i].set_message(format!("{rate:.0} msg/s"));
+                    }
+                    Ok(Measure::Ages(mut ages)) => {
+                        ages.sort_unstable();
+                        let at =
+                            |q: usize| ages.get(ages.len() * q / 100).copied().unwrap_or_default() as f64;
+                        let (p50, p99) = (at(50), at(99));
+                        p50s[i].push(p50);
+                        p99s[i].push(p99);
+                        progress[i].set_message(format!("p50 {p50:.0} µs, p99 {p99:.0} µs"));
                     }
                     Err(e) => {
                         progress[i].set_message(format!("failed: {e}"));
@@ -352,35 +442,55 @@ fn main() {
             b.finish();
         }
         let _ = bars.clear();
-        let mq = w
-            .contenders
-            .iter()
-            .position(|c| c.kind == Kind::Mq)
-            .map(|i| median(&rates[i]));
+        let mq = w.contenders.iter().position(|c| c.kind == Kind::Mq);
         let mut measured = Vec::new();
         for (i, c) in w.contenders.iter().enumerate() {
             let m = median(&rates[i]);
-            let ratio = match (mq, c.kind) {
-                (Some(q), Kind::Peer | Kind::Raw) if m > 0.0 => format!("   mq / {}: {:.2}", c.name, q / m),
-                _ => String::new(),
+            let (p50, p99) = (median(&p50s[i]), median(&p99s[i]));
+            let peer = matches!(c.kind, Kind::Peer | Kind::Raw);
+            let line = if w.latency {
+                let ratio = match mq {
+                    Some(q) if peer && p50 > 0.0 && p99 > 0.0 => format!(
+                        "   mq / {}: p50 {:.2}, p99 {:.2}",
+                        c.name,
+                        median(&p50s[q]) / p50,
+                        median(&p99s[q]) / p99
+                    ),
+                    _ => String::new(),
+                };
+                let rounds = p50s[i]
+                    .iter()
+                    .zip(&p99s[i])
+                    .map(|(a, b)| format!("{a:.0}/{b:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                format!("p50 {p50:>6.0} µs  p99 {p99:>6.0} µs{ratio}   (rounds p50/p99: {rounds})")
+            } else {
+                let ratio = match mq {
+                    Some(q) if peer && m > 0.0 => format!("   mq / {}: {:.2}", c.name, median(&rates[q]) / m),
+                    _ => String::new(),
+                };
+                let rounds = rates[i]
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                format!("{m:>9.0} msg/s{ratio}   (rounds: {rounds})")
             };
-            let rounds = rates[i]
-                .iter()
-                .map(|r| format!("{:.0}", r))
-                .collect::<Vec<_>>()
-                .join(" ");
             match errors.get(c.name) {
                 Some(e) => {
                     failed = true;
                     println!("  {:>16}: failed: {e}", c.name);
                 }
-                None => println!("  {:>16}: {m:>9.0} msg/s{ratio}   (rounds: {rounds})", c.name),
+                None => println!("  {:>16}: {line}", c.name),
             }
             measured.push(Measured {
                 contender: c.name.to_string(),
                 kind: c.kind,
                 rounds: rates[i].clone(),
                 median: m,
+                p50_us: p50s[i].clone(),
+                p99_us: p99s[i].clone(),
             });
         }
         if !w.notes.is_empty() {
@@ -391,6 +501,7 @@ fn main() {
             workload: w.name.to_string(),
             messages: w.messages,
             notes: w.notes.to_string(),
+            latency: w.latency,
             contenders: measured,
         });
     }
@@ -412,19 +523,22 @@ fn write(out: &std::path::Path, results: &[Result_]) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
     std::fs::write(out.join("peers.json"), json).map_err(|e| e.to_string())?;
-    let mut csv = String::from("backend,workload,contender,kind,messages,round,msg_per_s\n");
+    let mut csv = String::from("backend,workload,contender,kind,messages,round,msg_per_s,p50_us,p99_us\n");
     for r in results {
         for c in &r.contenders {
-            for (k, rate) in c.rounds.iter().enumerate() {
+            for k in 0..c.rounds.len().max(c.p50_us.len()) {
+                let cell = |v: &[f64]| v.get(k).map(|x| format!("{x:.0}")).unwrap_or_default();
                 csv.push_str(&format!(
-                    "{},\"{}\",{},{:?},{},{},{:.0}\n",
+                    "{},\"{}\",{},{:?},{},{},{},{},{}\n",
                     r.backend,
                     r.workload,
                     c.contender,
                     c.kind,
                     r.messages,
                     k + 1,
-                    rate
+                    cell(&c.rounds),
+                    cell(&c.p50_us),
+                    cell(&c.p99_us)
                 ));
             }
         }

@@ -48,7 +48,7 @@ async fn raw_conn() -> Result<Connection, String> {
 }
 
 /// Deletes a round's queue and, if it has one, its exchange.
-async fn cleanup(queue: &str, exchange: Option<&str>) -> Result<(), String> {
+pub async fn cleanup(queue: &str, exchange: Option<&str>) -> Result<(), String> {
     let conn = raw_conn().await?;
     let ch = conn.create_channel().await.map_err(err)?;
     ch.queue_delete(queue.into(), QueueDeleteOptions::default())
@@ -223,7 +223,7 @@ pub async fn omniqueue(n: usize, payload: Bytes) -> Outcome {
 
 /// Declares a durable queue, bound to a durable topic exchange of the same
 /// name when `exchange` is given.
-async fn declare_queue(queue: &str, exchange: Option<&str>) -> Result<(), String> {
+pub async fn declare_queue(queue: &str, exchange: Option<&str>) -> Result<(), String> {
     let conn = raw_conn().await?;
     let ch = conn.create_channel().await.map_err(err)?;
     if let Some(x) = exchange {

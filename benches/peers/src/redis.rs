@@ -43,7 +43,7 @@ async fn raw_conn() -> Result<MultiplexedConnection, String> {
 }
 
 /// Deletes every key that holds `tag` (each round's keys share one).
-async fn cleanup(tag: &str) -> Result<(), String> {
+pub async fn cleanup(tag: &str) -> Result<(), String> {
     let mut conn = raw_conn().await?;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("*{tag}*"))
