@@ -314,8 +314,22 @@ impl fmt::Debug for Delivery {
 ///
 /// As [`Delivery::ack`], for the first delivery whose ack failed.
 pub async fn ack_all(deliveries: &[Delivery]) -> Result<()> {
-    let results = futures::future::join_all(deliveries.iter().map(Delivery::ack)).await;
-    results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+    // All concurrently, in groups of at most `JOIN_ALL_SMALL`: `join_all`
+    // polls up to that many futures in one allocation, but puts a larger
+    // set in a `FuturesOrdered`, an allocation and a waker per future
+    // (batches of 500 acked through it: mq-kafka's `recv_many` read 0.97 M
+    // messages a second against 1.17 M, benches/peers). Groups of groups
+    // stay small up to 900 deliveries.
+    const JOIN_ALL_SMALL: usize = 30;
+    let groups = deliveries
+        .chunks(JOIN_ALL_SMALL)
+        .map(|group| futures::future::join_all(group.iter().map(Delivery::ack)));
+    let results = futures::future::join_all(groups).await;
+    results
+        .into_iter()
+        .flatten()
+        .find_map(Result::err)
+        .map_or(Ok(()), Err)
 }
 
 /// The copy of `message` that goes to a dead-letter topic: the original with
@@ -376,6 +390,68 @@ mod tests {
             self.calls.lock().unwrap().push(call);
             Ok(())
         }
+    }
+
+    /// Acks some at once, some after yielding, and fails the ones it is told to.
+    #[derive(Debug)]
+    struct Numbered {
+        n: usize,
+        fail: bool,
+        acked: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl AckHandle for Numbered {
+        async fn ack(&self, _: &Delivery) -> Result<()> {
+            if self.n.is_multiple_of(3) {
+                tokio::task::yield_now().await;
+            }
+            self.acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail {
+                return Err(Error::backend("test", "ack", format!("ack {} refused", self.n)));
+            }
+            Ok(())
+        }
+        async fn nack(&self, _: &Delivery, _: Nack) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn ack_all_tries_every_delivery_of_a_large_batch_and_returns_the_first_failure() {
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let batch: Vec<Delivery> = (0..95)
+            .map(|n| {
+                let handle = Numbered {
+                    n,
+                    fail: n == 47 || n == 80,
+                    acked: acked.clone(),
+                };
+                Delivery::new(Message::new("x"), 1, "t".into(), "g".into(), Box::new(handle))
+            })
+            .collect();
+        let err = ack_all(&batch).await.expect_err("two acks fail");
+        assert!(err.to_string().contains("ack 47 refused"), "{err}");
+        assert_eq!(
+            acked.load(std::sync::atomic::Ordering::SeqCst),
+            95,
+            "every ack was tried"
+        );
+        let settled = batch.iter().filter(|d| d.is_settled()).count();
+        assert_eq!(settled, 93, "the failed two stay unsettled");
+        // All succeed: Ok, every one settled.
+        let ok: Vec<Delivery> = (0..31)
+            .map(|n| {
+                let handle = Numbered {
+                    n,
+                    fail: false,
+                    acked: acked.clone(),
+                };
+                Delivery::new(Message::new("x"), 1, "t".into(), "g".into(), Box::new(handle))
+            })
+            .collect();
+        ack_all(&ok).await.expect("all acked");
+        assert!(ok.iter().all(Delivery::is_settled));
     }
 
     fn delivery(rec: &Arc<Recorder>) -> Delivery {

@@ -78,9 +78,17 @@ fn mock() -> bool {
 }
 
 pub async fn mq_broker() -> Result<KafkaBroker, String> {
+    mq_broker_with("").await
+}
+
+/// mq-kafka with more URL options (`&name=value...`).
+pub async fn mq_broker_with(options: &str) -> Result<KafkaBroker, String> {
     let c = cluster()?;
     let extra = if mock() { "&create_topics=false" } else { "" };
-    let url = format!("kafka://{}?rdkafka.linger.ms={LINGER_MS}{extra}", c.servers);
+    let url = format!(
+        "kafka://{}?rdkafka.linger.ms={LINGER_MS}{extra}{options}",
+        c.servers
+    );
     KafkaBroker::connect(KafkaConfig::from_url(&BrokerUrl::parse(&url).map_err(err)?).map_err(err)?)
         .await
         .map_err(err)
@@ -125,25 +133,49 @@ pub async fn mq_produce(n: usize, payload: Bytes) -> Outcome {
 }
 
 /// Raw rdkafka: 1,000 `FutureRecord`s in flight, their reports awaited
-/// together.
-pub async fn raw_produce(n: usize, payload: Bytes) -> Outcome {
+/// together; `with_id`: each record also carries what mq's does (an
+/// `mq-id` header with a new id, the message's timestamp), the fair
+/// ceiling for mq's produce.
+pub async fn raw_produce(n: usize, payload: Bytes, with_id: bool) -> Outcome {
     let producer = raw_producer()?;
     let topic = unique("raw");
-    raw_send(&producer, &topic, 1, &payload).await?;
+    raw_send(&producer, &topic, 1, &payload, with_id).await?;
     let start = Instant::now();
-    raw_send(&producer, &topic, n, &payload).await?;
+    raw_send(&producer, &topic, n, &payload, with_id).await?;
     Ok(start.elapsed())
 }
 
-async fn raw_send(producer: &FutureProducer, topic: &str, n: usize, payload: &[u8]) -> Result<(), String> {
+async fn raw_send(
+    producer: &FutureProducer,
+    topic: &str,
+    n: usize,
+    payload: &[u8],
+    with_id: bool,
+) -> Result<(), String> {
     let mut sent = 0;
     while sent < n {
         let mut pending = Vec::with_capacity(IN_FLIGHT);
         for i in 0..IN_FLIGHT.min(n - sent) {
             let key = keyed(sent + i);
             let mut tries = 0;
+            let id = with_id.then(mq_core::new_id);
             loop {
-                match producer.send_result(FutureRecord::to(topic).payload(payload).key(&key)) {
+                let mut record = FutureRecord::to(topic).payload(payload).key(&key);
+                if let Some(id) = &id {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                        .unwrap_or_default();
+                    record = record
+                        .headers(rdkafka::message::OwnedHeaders::new_with_capacity(2).insert(
+                            rdkafka::message::Header {
+                                key: "mq-id",
+                                value: Some(id.as_bytes()),
+                            },
+                        ))
+                        .timestamp(now);
+                }
+                match producer.send_result(record) {
                     Ok(d) => {
                         pending.push(d);
                         break;

@@ -4,7 +4,7 @@
 //! printed and the charts it drew.
 //!
 //! ```text
-//! mq-peers [--backends memory,redis,rabbitmq,kafka] [--rounds N] [--out DIR] [--quick]
+//! mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick]
 //! ```
 //!
 //! Writes `DIR/peers.json` (every round of every contender), `DIR/peers.csv`
@@ -37,6 +37,9 @@ enum Measure {
     Took(Duration),
     Ages(Vec<u64>),
 }
+
+/// The longest a round (or warm-up) may take before it counts as failed.
+const ROUND_BOUND: Duration = Duration::from_secs(180);
 
 type Run = Box<dyn Fn(usize, Bytes) -> BoxFuture<'static, Result<Measure, String>>>;
 
@@ -237,13 +240,17 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             backend: "kafka",
             name: "produce, idempotent, acks=all, linger.ms=5, 1,000 in flight",
             messages: scale(50_000),
-            notes: "mq: send_batch(1000); rdkafka: 1,000 FutureRecords awaited together; \
-                    ruststream: 1,000 concurrent publishes (no batch publish)",
+            notes: "mq: send_batch(1000); rdkafka: 1,000 FutureRecords awaited together (rdkafka + \
+                    mq-id: each with the id header and timestamp mq's records carry); ruststream: \
+                    1,000 concurrent publishes (no batch publish)",
             latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, kafka::mq_produce),
                 contender("ruststream", Kind::Peer, kafka::ruststream_produce),
-                contender("rdkafka", Kind::Raw, kafka::raw_produce),
+                contender("rdkafka", Kind::Raw, |n, p| kafka::raw_produce(n, p, false)),
+                contender("rdkafka + mq-id", Kind::Raw, |n, p| {
+                    kafka::raw_produce(n, p, true)
+                }),
             ],
         });
         all.push(Workload {
@@ -257,6 +264,9 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| kafka::mq_consume(n, p, false)),
                 contender("mq recv_many", Kind::Mq, |n, p| kafka::mq_consume(n, p, true)),
+                contender("mq recv_many old", Kind::Mq, |n, p| {
+                    kafka::mq_consume_with(n, p, true, true)
+                }),
                 contender("ruststream", Kind::Peer, kafka::ruststream_consume),
                 contender("rdkafka", Kind::Raw, kafka::raw_consume),
             ],
@@ -303,19 +313,27 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
 
 struct Args {
     backends: Vec<String>,
+    /// Only these contenders (for profiling one under callgrind).
+    contenders: Vec<String>,
+    /// No paced (latency) workloads.
+    no_latency: bool,
     rounds: usize,
     out: PathBuf,
     quick: bool,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: mq-peers [--backends memory,redis,rabbitmq,kafka] [--rounds N] [--out DIR] [--quick]");
+    eprintln!(
+        "usage: mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick]"
+    );
     std::process::exit(2)
 }
 
 fn args() -> Args {
     let mut a = Args {
         backends: Vec::new(),
+        contenders: Vec::new(),
+        no_latency: false,
         rounds: std::env::var("MQ_BENCH_ROUNDS")
             .ok()
             .and_then(|r| r.parse().ok())
@@ -330,14 +348,19 @@ fn args() -> Args {
                 let v = it.next().unwrap_or_else(|| usage());
                 a.backends = v.split(',').map(str::to_string).collect();
             }
+            "--contenders" => {
+                let v = it.next().unwrap_or_else(|| usage());
+                a.contenders = v.split(',').map(str::to_string).collect();
+            }
             "--rounds" => {
                 a.rounds = it.next().and_then(|r| r.parse().ok()).unwrap_or_else(|| usage());
             }
             "--out" => a.out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
             "--quick" => a.quick = true,
+            "--no-latency" => a.no_latency = true,
             "-h" | "--help" => {
                 println!(
-                    "mq-peers [--backends memory,redis,rabbitmq,kafka] [--rounds N] [--out DIR] [--quick]"
+                    "mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick]"
                 );
                 std::process::exit(0)
             }
@@ -364,7 +387,17 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let payload = Bytes::from(vec![b'x'; 100]);
-    let workloads = workloads(&args.backends, args.quick);
+    let mut workloads = workloads(&args.backends, args.quick);
+    if !args.contenders.is_empty() {
+        for w in &mut workloads {
+            w.contenders
+                .retain(|c| args.contenders.iter().any(|x| x == c.name));
+        }
+        workloads.retain(|w| !w.contenders.is_empty());
+    }
+    if args.no_latency {
+        workloads.retain(|w| !w.latency);
+    }
     if workloads.is_empty() {
         eprintln!("no workload for backends {:?}", args.backends);
         std::process::exit(2);
@@ -402,7 +435,11 @@ fn main() {
         // Warm-up (not counted), then the rounds, each in a rotated order.
         for (i, c) in w.contenders.iter().enumerate() {
             progress[i].set_message("warm-up");
-            if let Err(e) = runtime.block_on((c.run)((w.messages / 10).max(100), payload.clone())) {
+            let warm_up = (c.run)((w.messages / 10).max(100), payload.clone());
+            if let Err(e) = runtime
+                .block_on(async { tokio::time::timeout(ROUND_BOUND, warm_up).await })
+                .unwrap_or_else(|_| Err(format!("the warm-up took over {ROUND_BOUND:?}")))
+            {
                 errors.insert(c.name, e);
             }
             progress[i].inc(1);
@@ -415,7 +452,11 @@ fn main() {
                     progress[i].inc(1);
                     continue;
                 }
-                match runtime.block_on((c.run)(w.messages, payload.clone())) {
+                let run = (c.run)(w.messages, payload.clone());
+                let outcome = runtime
+                    .block_on(async { tokio::time::timeout(ROUND_BOUND, run).await })
+                    .unwrap_or_else(|_| Err(format!("a round took over {ROUND_BOUND:?}")));
+                match outcome {
                     Ok(Measure::Took(took)) => {
                         let rate = w.messages as f64 / took.as_secs_f64().max(1e-9);
                         rates[i].push(rate);

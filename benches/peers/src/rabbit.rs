@@ -59,7 +59,7 @@ pub async fn cleanup(queue: &str, exchange: Option<&str>) -> Result<(), String> 
             .await
             .map_err(err)?;
     }
-    let _ = conn.close(200, "bye".into()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
     Ok(())
 }
 
@@ -253,7 +253,7 @@ pub async fn declare_queue(queue: &str, exchange: Option<&str>) -> Result<(), St
         .await
         .map_err(err)?;
     }
-    let _ = conn.close(200, "bye".into()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
     Ok(())
 }
 
@@ -330,7 +330,7 @@ pub async fn lapin(n: usize, payload: Bytes) -> Outcome {
     }
     let took = start.elapsed();
     sender.await.map_err(err)??;
-    let _ = conn.close(200, "bye".into()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
     cleanup(&queue, Some(&name)).await?;
     Ok(took)
 }
