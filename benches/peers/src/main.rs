@@ -264,9 +264,6 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| kafka::mq_consume(n, p, false)),
                 contender("mq recv_many", Kind::Mq, |n, p| kafka::mq_consume(n, p, true)),
-                contender("mq recv_many old", Kind::Mq, |n, p| {
-                    kafka::mq_consume_with(n, p, true, true)
-                }),
                 contender("ruststream", Kind::Peer, kafka::ruststream_consume),
                 contender("rdkafka", Kind::Raw, kafka::raw_consume),
             ],
