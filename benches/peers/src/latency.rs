@@ -71,6 +71,19 @@ async fn mq(broker: Arc<dyn Broker>, n: usize, group: &str) -> Result<(Vec<u64>,
         .map_err(err)?;
     let producer: Arc<dyn Producer> =
         Arc::from(broker.producer(ProducerOptions::default()).await.map_err(err)?);
+    // One message there and back before the paced run, as the raw Kafka
+    // consumer does: the run measures a consumer that is reading already,
+    // not the start of its first fetch.
+    producer
+        .send(&topic, Message::new(stamped()))
+        .await
+        .map_err(err)?;
+    let first = tokio::time::timeout(STALL, consumer.recv())
+        .await
+        .map_err(|_| "the first message did not come")?
+        .map_err(err)?
+        .ok_or("the consumer ended")?;
+    first.ack().await.map_err(err)?;
     let sender = {
         let (topic, producer) = (topic.clone(), producer.clone());
         tokio::spawn(async move {
