@@ -395,6 +395,29 @@ impl Ctx {
             tracing::warn!(error = %e, "committing acked offsets after a rebalance failed; they are delivered again");
         }
     }
+
+    /// Pauses the newly assigned retry partitions until the topic's are
+    /// fetched (see [`RetryGate`]).
+    fn hold_retry(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        let retry = of_source(&self.tracker, assigned, Source::Retry);
+        let topic: Vec<i32> = assigned
+            .elements()
+            .iter()
+            .filter(|e| self.tracker.source(e.topic()) == Some(Source::Topic))
+            .map(|e| e.partition())
+            .collect();
+        if topic.is_empty() || retry.count() == 0 {
+            self.retry_gate.release();
+            return;
+        }
+        match consumer.pause(&retry) {
+            Ok(()) => self.retry_gate.hold(topic, GATE_MAX),
+            Err(e) => {
+                tracing::debug!(error = %e, "pausing the retry partitions");
+                self.retry_gate.release();
+            }
+        }
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -443,35 +466,6 @@ impl ConsumerContext for Ctx {
         if let Rebalance::Assign(tpl) = rebalance {
             self.hold_retry(consumer, tpl);
             self.assigned.send_modify(|n| *n += 1);
-        }
-    }
-}
-
-impl Ctx {
-    /// Pauses the newly assigned retry partitions until the topic's are
-    /// fetched (see [`RetryGate`]).
-    fn hold_retry(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
-        let mut retry = TopicPartitionList::new();
-        let mut topic = Vec::new();
-        for e in assigned.elements() {
-            match self.tracker.source(e.topic()) {
-                Some(Source::Topic) => topic.push(e.partition()),
-                Some(Source::Retry) => {
-                    retry.add_partition(e.topic(), e.partition());
-                }
-                None => {}
-            }
-        }
-        if topic.is_empty() || retry.count() == 0 {
-            self.retry_gate.release();
-            return;
-        }
-        match consumer.pause(&retry) {
-            Ok(()) => self.retry_gate.hold(topic, GATE_MAX),
-            Err(e) => {
-                tracing::debug!(error = %e, "pausing the retry partitions");
-                self.retry_gate.release();
-            }
         }
     }
 }
@@ -1329,16 +1323,10 @@ fn wait_for_slot(shared: &Shared) -> bool {
 /// Pauses (or resumes) every assigned partition; while the retry gate
 /// holds the retry partitions, a resume leaves them paused.
 fn pause(shared: &Shared, on: bool) {
-    let mut assignment = match shared.consumer.assignment() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(error = %e, "reading the assignment");
-            return;
-        }
+    let only = (!on && shared.consumer.context().retry_gate.is_held()).then_some(Source::Topic);
+    let Some(assignment) = assigned(shared, only) else {
+        return;
     };
-    if !on && shared.consumer.context().retry_gate.is_held() {
-        assignment = of_source(&shared.tracker, &assignment, Source::Topic);
-    }
     let r = if on {
         shared.consumer.pause(&assignment)
     } else {
@@ -1351,17 +1339,25 @@ fn pause(shared: &Shared, on: bool) {
 
 /// Resumes the assigned retry partitions (the retry gate let them go).
 fn resume_retry(shared: &Shared) {
-    let retry = match shared.consumer.assignment() {
-        Ok(a) => of_source(&shared.tracker, &a, Source::Retry),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading the assignment");
-            return;
-        }
-    };
-    if retry.count() > 0
+    if let Some(retry) = assigned(shared, Some(Source::Retry))
+        && retry.count() > 0
         && let Err(e) = shared.consumer.resume(&retry)
     {
         tracing::debug!(error = %e, "resuming the retry partitions");
+    }
+}
+
+/// The current assignment, or only its partitions from `only`.
+fn assigned(shared: &Shared, only: Option<Source>) -> Option<TopicPartitionList> {
+    match shared.consumer.assignment() {
+        Ok(a) => Some(match only {
+            Some(source) => of_source(&shared.tracker, &a, source),
+            None => a,
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the assignment");
+            None
+        }
     }
 }
 
