@@ -17,8 +17,8 @@ fn colour(kind: Kind) -> RGBColor {
 
 /// Draws `path`: the throughput of every contender of `backend`'s workloads.
 pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<(), String> {
-    let panel = 150u32;
-    let height = 50 + panel * results.len() as u32;
+    let panel_height = 150u32;
+    let height = 50 + panel_height * results.len() as u32;
     let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (title, body) = root.split_vertically(50);
@@ -39,21 +39,9 @@ pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<()
         let max = r.contenders.iter().map(|c| c.median).fold(1.0, f64::max);
         let n = r.contenders.len();
         let mq = r.contenders.iter().find(|c| c.kind == Kind::Mq).map(|c| c.median);
-        let mut chart = ChartBuilder::on(area)
-            .caption(&r.workload, ("sans-serif", 14))
-            .margin(6)
-            .x_label_area_size(22)
-            .y_label_area_size(10)
-            .build_cartesian_2d(0.0..max * 1.35, 0.0..n as f64)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .disable_y_axis()
-            .light_line_style(WHITE)
-            .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = panel(area, &r.workload, max * 1.35, n as f64, &|x| {
+            format!("{:.0}k", x / 1000.0)
+        })?;
         for (i, c) in r.contenders.iter().enumerate() {
             let top = n as f64 - i as f64 - 0.15;
             let bottom = n as f64 - i as f64 - 0.85;
@@ -106,21 +94,7 @@ fn latency<DB: DrawingBackend>(
     let max = rows.iter().map(|r| r.3).fold(1.0, f64::max);
     let mq = rows.iter().find(|r| r.1 == Kind::Mq).map(|r| (r.2, r.3));
     let n = rows.len() as f64;
-    let mut chart = ChartBuilder::on(area)
-        .caption(&r.workload, ("sans-serif", 14))
-        .margin(6)
-        .x_label_area_size(22)
-        .y_label_area_size(10)
-        .build_cartesian_2d(0.0..max * 1.6, 0.0..n)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .disable_y_axis()
-        .light_line_style(WHITE)
-        .x_label_formatter(&|x| format!("{x:.0} µs"))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    let mut chart = panel(area, &r.workload, max * 1.6, n, &|x| format!("{x:.0} µs"))?;
     for (i, (name, kind, p50, p99)) in rows.iter().enumerate() {
         let base = n - i as f64;
         let c = colour(*kind);
@@ -145,4 +119,37 @@ fn latency<DB: DrawingBackend>(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+type Panel<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One workload's panel: its caption, an x axis up to `x_max` labelled by
+/// `x_label`, `rows` bars high, no y axis.
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    x_max: f64,
+    rows: f64,
+    x_label: &dyn Fn(&f64) -> String,
+) -> Result<Panel<'a, DB>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 14))
+        .margin(6)
+        .x_label_area_size(22)
+        .y_label_area_size(10)
+        .build_cartesian_2d(0.0..x_max, 0.0..rows)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .disable_y_axis()
+        .light_line_style(WHITE)
+        .x_label_formatter(x_label)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
 }

@@ -158,15 +158,7 @@ pub async fn redis_rs(n: usize, _: Bytes) -> Ages {
     let key = format!("peers-lat-raw-{}", &mq_core::new_id()[24..]);
     let client = redis::Client::open(crate::redis::url()).map_err(err)?;
     let mut read = client.get_multiplexed_async_connection().await.map_err(err)?;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&key)
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut read)
-        .await
-        .map_err(err)?;
+    crate::redis::create_group(&mut read, &key).await?;
     let write = client.get_multiplexed_async_connection().await.map_err(err)?;
     let sender = {
         let key = key.clone();
@@ -189,20 +181,7 @@ pub async fn redis_rs(n: usize, _: Bytes) -> Ages {
     };
     let mut ages = Vec::with_capacity(n);
     while ages.len() < n / BURST * BURST {
-        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("COUNT")
-            .arg(200)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(&key)
-            .arg(">")
-            .query_async(&mut read)
-            .await
-            .map_err(err)?;
+        let reply = crate::redis::read_group(&mut read, &key, 200).await?;
         let mut ids = Vec::new();
         for e in reply.keys.into_iter().flat_map(|k| k.ids) {
             if let Some(redis::Value::BulkString(p)) = e.map.get("p") {
@@ -239,66 +218,22 @@ pub async fn mq_rabbit(n: usize, _: Bytes) -> Ages {
 /// persistent and mandatory, its confirms awaited together; prefetch 200,
 /// an ack per message.
 pub async fn lapin(n: usize, _: Bytes) -> Ages {
-    use lapin::options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    };
-    use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    use lapin::options::BasicAckOptions;
+    use lapin::{Connection, ConnectionProperties};
     let name = format!("peers-lat-raw-{}", &mq_core::new_id()[24..]);
     let queue = format!("{name}.g");
     crate::rabbit::declare_queue(&queue, Some(&name)).await?;
     let conn = Connection::connect(&crate::rabbit::url(), ConnectionProperties::default())
         .await
         .map_err(err)?;
-    let consume = conn.create_channel().await.map_err(err)?;
-    consume
-        .basic_qos(200, BasicQosOptions::default())
-        .await
-        .map_err(err)?;
-    let mut consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "raw".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err)?;
-    let publish = conn.create_channel().await.map_err(err)?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(err)?;
+    let (mut consumer, publish) = crate::rabbit::raw_channels(&conn, &queue).await?;
     let sender = {
         let name = name.clone();
         tokio::spawn(async move {
             paced(n, |burst| {
                 let (name, publish) = (name.clone(), publish.clone());
                 async move {
-                    let mut confirms = Vec::with_capacity(burst.len());
-                    for body in &burst {
-                        let props = BasicProperties::default().with_delivery_mode(2);
-                        let options = BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        };
-                        confirms.push(
-                            publish
-                                .basic_publish(
-                                    name.as_str().into(),
-                                    name.as_str().into(),
-                                    options,
-                                    body,
-                                    props,
-                                )
-                                .await
-                                .map_err(err)?,
-                        );
-                    }
-                    for c in futures::future::join_all(confirms).await {
-                        c.map_err(err)?;
-                    }
-                    Ok(())
+                    crate::rabbit::publish_confirmed(&publish, &name, burst.iter().map(Vec::as_slice)).await
                 }
             })
             .await

@@ -265,55 +265,13 @@ pub async fn lapin(n: usize, payload: Bytes) -> Outcome {
     let queue = format!("{name}.g");
     declare_queue(&queue, Some(&name)).await?;
     let conn = raw_conn().await?;
-    let consume = conn.create_channel().await.map_err(err)?;
-    consume
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(err)?;
-    let mut consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "raw".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err)?;
-    let publish = conn.create_channel().await.map_err(err)?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(err)?;
+    let (mut consumer, publish) = raw_channels(&conn, &queue).await?;
     let start = Instant::now();
     let sender = {
         let name = name.clone();
         tokio::spawn(async move {
             for _ in 0..n / WINDOW {
-                let mut confirms = Vec::with_capacity(WINDOW);
-                for _ in 0..WINDOW {
-                    let props = BasicProperties::default().with_delivery_mode(2);
-                    let options = BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    };
-                    confirms.push(
-                        publish
-                            .basic_publish(
-                                name.as_str().into(),
-                                name.as_str().into(),
-                                options,
-                                &payload,
-                                props,
-                            )
-                            .await
-                            .map_err(err)?,
-                    );
-                }
-                for c in futures::future::join_all(confirms).await {
-                    if !c.map_err(err)?.is_ack() {
-                        return Err("a publish was nacked".to_string());
-                    }
-                }
+                publish_confirmed(&publish, &name, (0..WINDOW).map(|_| &payload[..])).await?;
             }
             Ok::<_, String>(())
         })
@@ -333,4 +291,62 @@ pub async fn lapin(n: usize, payload: Bytes) -> Outcome {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
     cleanup(&queue, Some(&name)).await?;
     Ok(took)
+}
+
+/// Raw lapin on `conn`: a consumer of `queue` with a prefetch of 200, and a
+/// channel in confirm mode to publish on.
+pub async fn raw_channels(
+    conn: &Connection,
+    queue: &str,
+) -> Result<(lapin::Consumer, lapin::Channel), String> {
+    let consume = conn.create_channel().await.map_err(err)?;
+    consume
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    let consumer = consume
+        .basic_consume(
+            queue.into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    let publish = conn.create_channel().await.map_err(err)?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err)?;
+    Ok((consumer, publish))
+}
+
+/// Publishes each of `bodies` to the topic exchange `name` under routing key
+/// `name`, persistent and mandatory, then waits for all their confirms (as
+/// mq-rabbit's `send_batch` does).
+pub async fn publish_confirmed<'a>(
+    channel: &lapin::Channel,
+    name: &str,
+    bodies: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), String> {
+    let mut confirms = Vec::new();
+    for body in bodies {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        confirms.push(
+            channel
+                .basic_publish(name.into(), name.into(), options, body, props)
+                .await
+                .map_err(err)?,
+        );
+    }
+    for c in futures::future::join_all(confirms).await {
+        if !c.map_err(err)?.is_ack() {
+            return Err("a publish was nacked".to_string());
+        }
+    }
+    Ok(())
 }

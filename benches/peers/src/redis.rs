@@ -237,6 +237,42 @@ pub async fn omniqueue_send(n: usize, payload: Bytes, how: Sends) -> Outcome {
     Ok(took)
 }
 
+/// Creates group `g` of stream `key` from its start (and the stream).
+pub async fn create_group(conn: &mut MultiplexedConnection, key: &str) -> Result<(), String> {
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await
+        .map_err(err)
+}
+
+/// XREADGROUP of up to `count` new entries of `key` for consumer `c` of
+/// group `g`, blocking up to a second.
+pub async fn read_group(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    count: usize,
+) -> Result<redis::streams::StreamReadReply, String> {
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(1000)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .map_err(err)
+}
+
 /// Fills `topic` with `n` messages through mq-redis (outside the timing).
 async fn mq_fill(broker: &RedisBroker, topic: &str, n: usize, payload: &Bytes) -> Result<(), String> {
     let producer = broker.producer(ProducerOptions::default()).await.map_err(err)?;
@@ -254,33 +290,12 @@ pub async fn raw_consume(n: usize, payload: Bytes) -> Outcome {
     let topic = unique("raw");
     let key = format!("mq:{topic}");
     let mut conn = raw_conn().await?;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&key)
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .map_err(err)?;
+    create_group(&mut conn, &key).await?;
     mq_fill(&broker, &topic, n, &payload).await?;
     let start = Instant::now();
     let mut seen = 0;
     while seen < n {
-        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("COUNT")
-            .arg(100)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(&key)
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .map_err(err)?;
+        let reply = read_group(&mut conn, &key, 100).await?;
         let ids: Vec<String> = reply.keys.into_iter().flat_map(|k| k.ids).map(|e| e.id).collect();
         if ids.is_empty() {
             return Err(format!("consumed {seen} of {n}: nothing more within 1 s"));
@@ -388,15 +403,7 @@ pub async fn omniqueue_consume(n: usize, payload: Bytes) -> Outcome {
     let tag = unique("omni");
     // omniqueue leaves creating the group to the application (as its own
     // tests do).
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(format!("{tag}:q"))
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut raw_conn().await?)
-        .await
-        .map_err(err)?;
+    create_group(&mut raw_conn().await?, &format!("{tag}:q")).await?;
     let (producer, mut consumer) = omniqueue::backends::RedisBackend::builder(omni_config(&tag))
         .build_pair()
         .await
