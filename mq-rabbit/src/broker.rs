@@ -30,7 +30,10 @@ use crate::producer::RabbitProducer;
 /// messages are routed with their key (or the topic when they have none). A
 /// group is a durable queue `{topic}.{group}` bound to it with `#`, so every
 /// group gets every message and the group's consumers compete for them.
-/// Publisher confirms are always on; prefetch is always set.
+/// With `exchange_type=fanout` the exchange ignores routing keys, the
+/// cheapest route for the broker; with `exchange_type=direct` queues are
+/// bound, and messages routed, with the topic's name (the key is not used to
+/// route). Publisher confirms are always on; prefetch is always set.
 ///
 /// ```no_run
 /// # async fn run() -> mq_core::Result<()> {
@@ -295,8 +298,34 @@ impl Inner {
         Ok(())
     }
 
-    /// Declares a queue with `arguments` and binds it to `exchange` with `#`
-    /// (no binding when `exchange` is empty).
+    /// The routing key of a message with `key` sent to `topic`: the key on
+    /// a topic exchange (when it fits an AMQP short string), else the topic.
+    /// A direct exchange routes with the topic only, as its queues are bound
+    /// with it; a fanout exchange ignores the routing key.
+    pub(crate) fn routing_key<'a>(&self, topic: &'a str, key: Option<&'a str>) -> &'a str {
+        match key {
+            Some(key)
+                if self.config.options.exchange_type == "topic" && !key.is_empty() && key.len() <= 255 =>
+            {
+                key
+            }
+            _ => topic,
+        }
+    }
+
+    /// The key a queue is bound to `exchange` with: `#` (every message) on a
+    /// topic exchange, the exchange's (topic's) name on a direct one, where
+    /// [`Inner::routing_key`] routes with it; a fanout exchange ignores it.
+    fn binding_key<'a>(&self, exchange: &'a str) -> &'a str {
+        if self.config.options.exchange_type == "direct" {
+            exchange
+        } else {
+            "#"
+        }
+    }
+
+    /// Declares a queue with `arguments` and binds it to `exchange` with
+    /// [`Inner::binding_key`] (no binding when `exchange` is empty).
     pub(crate) async fn declare_queue(
         &self,
         queue: &str,
@@ -327,7 +356,7 @@ impl Inner {
                 .queue_bind(
                     queue.into(),
                     exchange.into(),
-                    "#".into(),
+                    self.binding_key(exchange).into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

@@ -12,7 +12,7 @@ use serde::Deserialize;
 /// |---|---|---|
 /// | `queue_type` | `classic` or `quorum` for group queues | `classic` |
 /// | `durable` | durable exchanges and queues, persistent messages | `true` |
-/// | `exchange_type` | `topic`, `direct` or `fanout` exchange per topic | `topic` |
+/// | `exchange_type` | `topic` (routes by key), `direct` (by topic name) or `fanout` (the broker's cheapest route) exchange per topic | `topic` |
 /// | `publish_channels` | confirm channels per producer | 2 |
 /// | `confirm_window` | most unconfirmed publishes per producer | 1000 |
 /// | `prefetch` | cap on every consumer's prefetch (`basic_qos`) | none |
@@ -58,7 +58,10 @@ pub struct RabbitOptions {
     pub queue_type: String,
     /// Durable topology and persistent messages.
     pub durable: bool,
-    /// Exchange kind per topic: `topic`, `direct` or `fanout`.
+    /// Exchange kind per topic: `topic` (messages routed by their key, so
+    /// a queue of the application's own can bind a pattern), `direct`
+    /// (queues bound and messages routed with the topic's name) or `fanout`
+    /// (no routing key: the cheapest route through the broker).
     pub exchange_type: String,
     /// Confirm channels per producer.
     pub publish_channels: usize,

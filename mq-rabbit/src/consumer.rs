@@ -88,12 +88,8 @@ impl Ctx {
         let dlq = &self.dead_letter_topic;
         let dead = dead_letter_message(message, &self.topic, &self.group, attempts, reason);
         self.inner.declare_topic(dlq).await?;
-        let routing_key = dead
-            .key
-            .clone()
-            .filter(|k| !k.is_empty() && k.len() <= 255)
-            .unwrap_or_else(|| dlq.clone());
-        if self.publish_copy(dlq, &routing_key, &dead, None).await? {
+        let routing_key = self.inner.routing_key(dlq, dead.key.as_deref());
+        if self.publish_copy(dlq, routing_key, &dead, None).await? {
             return Ok(());
         }
         // No group reads the dead-letter topic yet: keep dead letters in a
@@ -101,7 +97,7 @@ impl Ctx {
         self.inner
             .declare_queue(dlq, dlq, self.inner.group_queue_arguments())
             .await?;
-        if self.publish_copy(dlq, &routing_key, &dead, None).await? {
+        if self.publish_copy(dlq, routing_key, &dead, None).await? {
             Ok(())
         } else {
             Err(Error::backend(

@@ -144,10 +144,7 @@ impl RabbitProducer {
         let mut confirms = Vec::new();
         for &i in chunk {
             let message = &messages[i];
-            let routing_key = match &message.key {
-                Some(key) if !key.is_empty() && key.len() <= 255 => key.as_str(),
-                _ => topic,
-            };
+            let routing_key = self.inner.routing_key(topic, message.key.as_deref());
             let options = BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()

@@ -144,6 +144,63 @@ async fn delayed_requeue_goes_through_a_ttl_queue() {
     again.ack().await.unwrap();
 }
 
+/// Every exchange kind routes every message to every group, keyed or not,
+/// requeues and dead-letters (to a group of the dead-letter topic): `direct` binds and routes with the topic's
+/// name (a key would route nowhere), `fanout` ignores the routing key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exchange_type_reaches_every_group_and_dead_letters() {
+    for kind in ["topic", "direct", "fanout"] {
+        let broker = common::rabbit_broker(&format!("exchange_type={kind}")).await;
+        let topic = topic(&format!("kind-{kind}"));
+        let mut a = broker.subscribe(Subscription::new(&topic, "a")).await.unwrap();
+        let mut b = broker.subscribe(Subscription::new(&topic, "b")).await.unwrap();
+        let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+        let plain = producer.send(&topic, Message::new("plain")).await.unwrap().id;
+        let keyed = producer
+            .send(&topic, Message::new("keyed").with_key("eu.de"))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: a keyed send: {e}"))
+            .id;
+        for (group, consumer) in [("a", &mut a), ("b", &mut b)] {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let d = expect_delivery(consumer.as_mut(), &format!("{kind}: group {group}")).await;
+                got.push(d.message().id.clone());
+                d.ack().await.unwrap();
+            }
+            got.sort();
+            let mut want = vec![plain.clone(), keyed.clone()];
+            want.sort();
+            assert_eq!(got, want, "{kind}: group {group}");
+        }
+        // A requeue comes back to its group; a dead letter reaches the topic's
+        // dead-letter queue, keyed as it was.
+        let mut dlq = broker
+            .subscribe(Subscription::new(format!("{topic}.dlq"), "ops"))
+            .await
+            .unwrap();
+        let id = producer
+            .send(&topic, Message::new("dead").with_key("eu.fr"))
+            .await
+            .unwrap()
+            .id;
+        let d = expect_delivery(a.as_mut(), &format!("{kind}: the next delivery")).await;
+        d.nack(Nack::requeue()).await.unwrap();
+        let d = expect_delivery(a.as_mut(), &format!("{kind}: the requeued copy")).await;
+        assert_eq!((d.message().id.as_str(), d.attempt()), (id.as_str(), 2), "{kind}");
+        d.nack(Nack::dead_letter("test")).await.unwrap();
+        let d = expect_delivery(b.as_mut(), &format!("{kind}: group b")).await;
+        d.ack().await.unwrap();
+        let dead = expect_delivery(dlq.as_mut(), &format!("{kind}: the dead letter")).await;
+        assert_eq!(dead.message().key.as_deref(), Some("eu.fr"), "{kind}");
+        dead.ack().await.unwrap();
+        for mut c in [a, b, dlq] {
+            c.close().await.unwrap();
+        }
+        broker.close().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_work_and_count_redeliveries() {
     let broker = common::rabbit_broker("queue_type=quorum").await;
