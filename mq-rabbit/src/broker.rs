@@ -33,7 +33,12 @@ use crate::producer::RabbitProducer;
 /// With `exchange_type=fanout` the exchange ignores routing keys, the
 /// cheapest route for the broker; with `exchange_type=direct` queues are
 /// bound, and messages routed, with the topic's name (the key is not used to
-/// route). Publisher confirms are always on; prefetch is always set.
+/// route). With `topology=queue` a topic is one durable queue named after
+/// it, published to through the default exchange (no exchange to route
+/// through, the broker's cheapest path): every subscription of the topic
+/// reads that queue whatever its group, so groups do not each get every
+/// message (the capabilities say so). Publisher confirms are always on;
+/// prefetch is always set.
 ///
 /// ```no_run
 /// # async fn run() -> mq_core::Result<()> {
@@ -268,8 +273,38 @@ impl Inner {
             .insert((generation, what));
     }
 
-    /// Declares the exchange of `topic` (idempotent; once per connection).
+    /// `topology=queue`: a topic is one queue, no exchange.
+    pub(crate) fn queue_topology(&self) -> bool {
+        self.config.options.topology == "queue"
+    }
+
+    /// The queue a group of `topic` reads: `{topic}.{group}`, or the topic's
+    /// own queue with `topology=queue`.
+    pub(crate) fn group_queue(&self, topic: &str, group: &str) -> String {
+        if self.queue_topology() {
+            topic.to_string()
+        } else {
+            format!("{topic}.{group}")
+        }
+    }
+
+    /// The exchange and routing key a message with `key` sent to `topic`
+    /// is published with: the topic's exchange and [`Inner::routing_key`],
+    /// or, with `topology=queue`, the default exchange and the topic's queue.
+    pub(crate) fn publish_target<'a>(&self, topic: &'a str, key: Option<&'a str>) -> (&'a str, &'a str) {
+        if self.queue_topology() {
+            ("", topic)
+        } else {
+            (topic, self.routing_key(topic, key))
+        }
+    }
+
+    /// Declares what `topic` is published to (idempotent; once per
+    /// connection): its exchange, or with `topology=queue` its queue.
     pub(crate) async fn declare_topic(&self, topic: &str) -> Result<()> {
+        if self.queue_topology() {
+            return self.declare_queue(topic, "", self.group_queue_arguments()).await;
+        }
         let (generation, channel) = self.control().await?;
         let what = format!("exchange {topic}");
         if self.is_declared(generation, &what) {
@@ -298,11 +333,11 @@ impl Inner {
         Ok(())
     }
 
-    /// The routing key of a message with `key` sent to `topic`: the key on
+    /// The routing key of a message with `key` sent to `topic`'s exchange: the key on
     /// a topic exchange (when it fits an AMQP short string), else the topic.
     /// A direct exchange routes with the topic only, as its queues are bound
     /// with it; a fanout exchange ignores the routing key.
-    pub(crate) fn routing_key<'a>(&self, topic: &'a str, key: Option<&'a str>) -> &'a str {
+    fn routing_key<'a>(&self, topic: &'a str, key: Option<&'a str>) -> &'a str {
         match key {
             Some(key)
                 if self.config.options.exchange_type == "topic" && !key.is_empty() && key.len() <= 255 =>
@@ -450,12 +485,13 @@ pub(crate) fn lost(err: &lapin::Error) -> bool {
 }
 
 /// What the RabbitMQ backend guarantees.
-pub(crate) fn capabilities(max_message_bytes: usize, durable: bool) -> Capabilities {
+pub(crate) fn capabilities(max_message_bytes: usize, durable: bool, queue_topology: bool) -> Capabilities {
     let mut caps = Capabilities::default();
     caps.ordering_per_key = true;
     caps.persistence = durable;
     caps.delayed_requeue = true;
-    caps.consumer_groups = true;
+    // With `topology=queue` every group of a topic reads the same queue.
+    caps.consumer_groups = !queue_topology;
     // A queue only holds what was routed to it after it was bound.
     caps.replay_from_earliest = false;
     // RabbitMQ redelivers when the channel closes, not on a per-message timer.
@@ -473,7 +509,7 @@ impl Broker for RabbitBroker {
 
     fn capabilities(&self) -> Capabilities {
         let o = &self.inner.config.options;
-        capabilities(o.max_message_bytes, o.durable)
+        capabilities(o.max_message_bytes, o.durable, self.inner.queue_topology())
     }
 
     async fn producer(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
@@ -516,12 +552,13 @@ impl Broker for RabbitBroker {
         ))
     }
 
-    /// A passive declaration of the group's queue `{topic}.{group}`: its
-    /// ready messages (AMQP does not count the unacked ones).
+    /// A passive declaration of the group's queue (`{topic}.{group}`, or the
+    /// topic's with `topology=queue`): its ready messages (AMQP does not
+    /// count the unacked ones).
     async fn lag(&self, topic: &str, group: &str) -> Result<Lag> {
         self.inner.check_open()?;
         LIMITS.check_subscription("rabbitmq", &Subscription::new(topic, group))?;
-        let queue = format!("{topic}.{group}");
+        let queue = self.inner.group_queue(topic, group);
         let (_, channel) = self.inner.control().await?;
         let options = QueueDeclareOptions {
             passive: true,

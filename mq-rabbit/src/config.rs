@@ -12,6 +12,7 @@ use serde::Deserialize;
 /// |---|---|---|
 /// | `queue_type` | `classic` or `quorum` for group queues | `classic` |
 /// | `durable` | durable exchanges and queues, persistent messages | `true` |
+/// | `topology` | `exchange`: an exchange per topic, a queue per group; `queue`: a topic is one queue, through the default exchange (one group) | `exchange` |
 /// | `exchange_type` | `topic` (routes by key), `direct` (by topic name) or `fanout` (the broker's cheapest route) exchange per topic | `topic` |
 /// | `publish_channels` | confirm channels per producer | 2 |
 /// | `confirm_window` | most unconfirmed publishes per producer | 1000 |
@@ -58,6 +59,13 @@ pub struct RabbitOptions {
     pub queue_type: String,
     /// Durable topology and persistent messages.
     pub durable: bool,
+    /// `exchange` (an exchange per topic, a queue `{topic}.{group}` per
+    /// group, so every group gets every message) or `queue` (a topic is one
+    /// durable queue named after it, published to through the default
+    /// exchange and declared by the first send or subscribe: every
+    /// subscription of the topic shares it, whatever its group, like the
+    /// consumers of one group; the broker's cheapest route).
+    pub topology: String,
     /// Exchange kind per topic: `topic` (messages routed by their key, so
     /// a queue of the application's own can bind a pattern), `direct`
     /// (queues bound and messages routed with the topic's name) or `fanout`
@@ -86,6 +94,7 @@ impl Default for RabbitOptions {
         RabbitOptions {
             queue_type: "classic".into(),
             durable: true,
+            topology: "exchange".into(),
             exchange_type: "topic".into(),
             publish_channels: 2,
             confirm_window: 1000,
@@ -104,6 +113,7 @@ impl RabbitOptions {
     pub const NAMES: &'static [&'static str] = &[
         "queue_type",
         "durable",
+        "topology",
         "exchange_type",
         "publish_channels",
         "confirm_window",
@@ -174,6 +184,12 @@ impl RabbitConfig {
                 return Err(invalid_option("queue_type", "must be `classic` or `quorum`"));
             }
             options.queue_type = v.into();
+        }
+        if let Some(v) = url.option("topology") {
+            if !matches!(v, "exchange" | "queue") {
+                return Err(invalid_option("topology", "must be `exchange` or `queue`"));
+            }
+            options.topology = v.into();
         }
         if let Some(v) = url.option("exchange_type") {
             if !matches!(v, "topic" | "direct" | "fanout") {
@@ -284,6 +300,11 @@ mod tests {
         assert!(c.tls);
         assert_eq!((c.host.as_str(), c.port, c.vhost.as_str()), ("mq", 5671, "prod"));
         assert_eq!(c.options.queue_type, "quorum");
+        assert_eq!(c.options.topology, "exchange");
+        assert_eq!(
+            parse("amqp://h?topology=queue").unwrap().options.topology,
+            "queue"
+        );
         assert_eq!(c.uri(), "amqps://app:p%40ss@mq:5671/prod");
         let d = parse("amqp://localhost").unwrap();
         assert_eq!(
@@ -302,6 +323,8 @@ mod tests {
             ("amqp://u:secretpw@h?publish_channels=0", "at least 1"),
             ("amqp://u:secretpw@h?confirm_window=0", "at least 1"),
             ("amqp://u:secretpw@h?prefetch=70000", "1 to 65535"),
+            ("amqp://u:secretpw@h?topology=stream", "`exchange` or `queue`"),
+            ("amqp://u:secretpw@h?exchange_type=headers", "`fanout`"),
         ] {
             let err = parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");

@@ -88,8 +88,8 @@ impl Ctx {
         let dlq = &self.dead_letter_topic;
         let dead = dead_letter_message(message, &self.topic, &self.group, attempts, reason);
         self.inner.declare_topic(dlq).await?;
-        let routing_key = self.inner.routing_key(dlq, dead.key.as_deref());
-        if self.publish_copy(dlq, routing_key, &dead, None).await? {
+        let (exchange, routing_key) = self.inner.publish_target(dlq, dead.key.as_deref());
+        if self.publish_copy(exchange, routing_key, &dead, None).await? {
             return Ok(());
         }
         // No group reads the dead-letter topic yet: keep dead letters in a
@@ -97,7 +97,7 @@ impl Ctx {
         self.inner
             .declare_queue(dlq, dlq, self.inner.group_queue_arguments())
             .await?;
-        if self.publish_copy(dlq, routing_key, &dead, None).await? {
+        if self.publish_copy(exchange, routing_key, &dead, None).await? {
             Ok(())
         } else {
             Err(Error::backend(
@@ -225,7 +225,7 @@ const LIVENESS: Duration = Duration::from_secs(1);
 impl RabbitConsumer {
     pub(crate) async fn start(inner: Arc<Inner>, sub: Subscription) -> Result<Self> {
         let ctx = Arc::new(Ctx {
-            queue: format!("{}.{}", sub.topic, sub.group),
+            queue: inner.group_queue(&sub.topic, &sub.group),
             dead_letter_topic: sub.dead_letter_topic(),
             topic: sub.topic.as_str().into(),
             group: sub.group.as_str().into(),
@@ -285,9 +285,11 @@ async fn attach(ctx: &Ctx) -> Result<Attached> {
 async fn attach_once(ctx: &Ctx) -> Result<Attached> {
     let inner = &ctx.inner;
     inner.declare_topic(&ctx.sub.topic).await?;
-    inner
-        .declare_queue(&ctx.queue, &ctx.sub.topic, inner.group_queue_arguments())
-        .await?;
+    if !inner.queue_topology() {
+        inner
+            .declare_queue(&ctx.queue, &ctx.sub.topic, inner.group_queue_arguments())
+            .await?;
+    }
     let (generation, conn) = inner.connection().await?;
     let channel = conn
         .create_channel()

@@ -144,14 +144,14 @@ impl RabbitProducer {
         let mut confirms = Vec::new();
         for &i in chunk {
             let message = &messages[i];
-            let routing_key = self.inner.routing_key(topic, message.key.as_deref());
+            let (exchange, routing_key) = self.inner.publish_target(topic, message.key.as_deref());
             let options = BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()
             };
             let confirm = channel
                 .basic_publish(
-                    topic.into(),
+                    exchange.into(),
                     routing_key.into(),
                     options,
                     &message.payload,

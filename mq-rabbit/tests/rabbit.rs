@@ -201,6 +201,96 @@ async fn every_exchange_type_reaches_every_group_and_dead_letters() {
     }
 }
 
+/// `topology=queue`: a topic is one queue (no exchange), declared by the
+/// first send, so nothing sent before a subscriber is lost; every group
+/// reads it, each message reaching one of them; delayed requeues and dead
+/// letters go through the default exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_topology_keeps_early_sends_and_shares_the_queue() {
+    let broker = common::rabbit_broker("topology=queue").await;
+    assert!(!broker.capabilities().consumer_groups);
+    let topic = topic("qtopo");
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let mut ids = HashSet::new();
+    for i in 0..10 {
+        let m = Message::new(format!("m{i}")).with_key(format!("k{i}"));
+        ids.insert(producer.send(&topic, m).await.unwrap().id);
+    }
+    let lag = broker.lag(&topic, "any").await.unwrap();
+    assert_eq!(lag.behind, 10, "{lag:?}");
+    // No exchange: a passive declaration of one named after the topic fails.
+    let channel = broker.connection().await.unwrap().create_channel().await.unwrap();
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let err = channel
+        .exchange_declare(
+            topic.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    let mut a = broker
+        .subscribe(Subscription::new(&topic, "a").prefetch(5))
+        .await
+        .unwrap();
+    let mut b = broker
+        .subscribe(Subscription::new(&topic, "b").prefetch(5))
+        .await
+        .unwrap();
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + BOUND;
+    while got.len() < 10 && Instant::now() < deadline {
+        for c in [&mut a, &mut b] {
+            let batch = c
+                .recv_many(10, Duration::from_millis(100))
+                .await
+                .unwrap()
+                .unwrap_or_default();
+            for d in batch {
+                assert!(
+                    got.insert(d.message().id.clone()),
+                    "delivered twice: {}",
+                    d.message().id
+                );
+                d.ack().await.unwrap();
+            }
+        }
+    }
+    assert_eq!(got, ids, "every message once, over both groups");
+    b.close().await.unwrap();
+    let mut dlq = broker
+        .subscribe(Subscription::new(format!("{topic}.dlq"), "ops"))
+        .await
+        .unwrap();
+    let id = producer.send(&topic, Message::new("again")).await.unwrap().id;
+    let d = expect_delivery(a.as_mut(), "the next delivery").await;
+    assert_eq!(d.message().id, id);
+    let nacked = Instant::now();
+    d.nack(Nack::requeue_after(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let d = expect_delivery(a.as_mut(), "the delayed copy").await;
+    assert!(
+        nacked.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        nacked.elapsed()
+    );
+    assert_eq!((d.message().id.as_str(), d.attempt()), (id.as_str(), 2));
+    d.nack(Nack::dead_letter("test")).await.unwrap();
+    let dead = expect_delivery(dlq.as_mut(), "the dead letter").await;
+    assert_eq!(dead.message().payload.as_ref(), b"again");
+    dead.ack().await.unwrap();
+    for mut c in [a, dlq] {
+        c.close().await.unwrap();
+    }
+    broker.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_work_and_count_redeliveries() {
     let broker = common::rabbit_broker("queue_type=quorum").await;
