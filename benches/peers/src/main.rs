@@ -219,13 +219,18 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             backend: "rabbitmq",
             name: "persistent, confirms (window 100), prefetch 200, ack each",
             messages: scale(20_000),
-            notes: "mq and lapin publish through a topic exchange (mq's topology); ruststream on a \
-                    plain queue and through a topic exchange; omniqueue has no publisher \
-                    confirms (it publishes without them)",
+            notes: "mq and lapin publish through a topic exchange (mq's default topology); mq \
+                    queue: topology=queue, straight to the topic's queue as ruststream's plain \
+                    queue; ruststream on a plain queue and through a topic exchange; omniqueue \
+                    has no publisher confirms (it publishes without them)",
             latency: false,
             contenders: vec![
-                contender("mq", Kind::Mq, |n, p| rabbit::mq(n, p, false)),
-                contender("mq recv_many", Kind::Mq, |n, p| rabbit::mq(n, p, true)),
+                contender("mq", Kind::Mq, |n, p| rabbit::mq(n, p, false, false)),
+                contender("mq recv_many", Kind::Mq, |n, p| rabbit::mq(n, p, true, false)),
+                contender("mq queue", Kind::Mq, |n, p| rabbit::mq(n, p, false, true)),
+                contender("mq queue recv_many", Kind::Mq, |n, p| {
+                    rabbit::mq(n, p, true, true)
+                }),
                 contender("ruststream", Kind::Peer, |n, p| rabbit::ruststream(n, p, false)),
                 contender("ruststream topic", Kind::Peer, |n, p| {
                     rabbit::ruststream(n, p, true)
@@ -504,9 +509,18 @@ fn main() {
                     .join(" ");
                 format!("p50 {p50:>6.0} µs  p99 {p99:>6.0} µs{ratio}   (rounds p50/p99: {rounds})")
             } else {
-                let ratio = match mq {
-                    Some(q) if peer && m > 0.0 => format!("   mq / {}: {:.2}", c.name, median(&rates[q]) / m),
-                    _ => String::new(),
+                // Every mq contender's ratio to this peer or raw client.
+                let ratio = if peer && m > 0.0 {
+                    let each: Vec<String> = w
+                        .contenders
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, q)| q.kind == Kind::Mq)
+                        .map(|(q, mine)| format!("{} / {}: {:.2}", mine.name, c.name, median(&rates[q]) / m))
+                        .collect();
+                    format!("   {}", each.join("; "))
+                } else {
+                    String::new()
                 };
                 let rounds = rates[i]
                     .iter()
@@ -518,9 +532,9 @@ fn main() {
             match errors.get(c.name) {
                 Some(e) => {
                     failed = true;
-                    println!("  {:>16}: failed: {e}", c.name);
+                    println!("  {:>18}: failed: {e}", c.name);
                 }
-                None => println!("  {:>16}: {line}", c.name),
+                None => println!("  {:>18}: {line}", c.name),
             }
             measured.push(Measured {
                 contender: c.name.to_string(),

@@ -63,10 +63,15 @@ pub async fn cleanup(queue: &str, exchange: Option<&str>) -> Result<(), String> 
     Ok(())
 }
 
-/// mq-rabbit: `send_batch` of 100 (its confirms awaited together), `recv`
-/// + `ack` or `recv_many(200)` + `ack_all`.
-pub async fn mq(n: usize, payload: Bytes, many: bool) -> Outcome {
-    let config = RabbitConfig::from_url(&BrokerUrl::parse(&url()).map_err(err)?).map_err(err)?;
+/// mq-rabbit: `send_batch` of 100 (its confirms awaited together), then
+/// `recv` and `ack`, or `recv_many(200)` and `ack_all`. Through the topic's
+/// exchange (mq's default topology), or with `queue` straight to the
+/// topic's queue through the default exchange (`topology=queue`).
+pub async fn mq(n: usize, payload: Bytes, many: bool, queue: bool) -> Outcome {
+    let mut config = RabbitConfig::from_url(&BrokerUrl::parse(&url()).map_err(err)?).map_err(err)?;
+    if queue {
+        config.options.topology = "queue".into();
+    }
     let broker = RabbitBroker::connect(config).await.map_err(err)?;
     let topic = unique("mq");
     let mut consumer = broker
@@ -112,7 +117,11 @@ pub async fn mq(n: usize, payload: Bytes, many: bool) -> Outcome {
     sender.await.map_err(err)??;
     consumer.close().await.map_err(err)?;
     broker.close().await.map_err(err)?;
-    cleanup(&format!("{topic}.g"), Some(&topic)).await?;
+    if queue {
+        cleanup(&topic, None).await?;
+    } else {
+        cleanup(&format!("{topic}.g"), Some(&topic)).await?;
+    }
     Ok(took)
 }
 
