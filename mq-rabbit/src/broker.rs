@@ -19,10 +19,10 @@ use mq_core::{
 };
 use tokio::time::Instant;
 
-use crate::RabbitConfig;
 use crate::consumer::RabbitConsumer;
 use crate::error::{is_transient, map};
 use crate::producer::RabbitProducer;
+use crate::{RabbitConfig, RabbitOptions};
 
 /// A RabbitMQ broker.
 ///
@@ -275,7 +275,7 @@ impl Inner {
 
     /// `topology=queue`: a topic is one queue, no exchange.
     pub(crate) fn queue_topology(&self) -> bool {
-        self.config.options.topology == "queue"
+        self.config.options.queue_topology()
     }
 
     /// The queue a group of `topic` reads: `{topic}.{group}`, or the topic's
@@ -485,19 +485,19 @@ pub(crate) fn lost(err: &lapin::Error) -> bool {
 }
 
 /// What the RabbitMQ backend guarantees.
-pub(crate) fn capabilities(max_message_bytes: usize, durable: bool, queue_topology: bool) -> Capabilities {
+pub(crate) fn capabilities(options: &RabbitOptions) -> Capabilities {
     let mut caps = Capabilities::default();
     caps.ordering_per_key = true;
-    caps.persistence = durable;
+    caps.persistence = options.durable;
     caps.delayed_requeue = true;
     // With `topology=queue` every group of a topic reads the same queue.
-    caps.consumer_groups = !queue_topology;
+    caps.consumer_groups = !options.queue_topology();
     // A queue only holds what was routed to it after it was bound.
     caps.replay_from_earliest = false;
     // RabbitMQ redelivers when the channel closes, not on a per-message timer.
     caps.ack_timeout_redelivery = false;
     caps.dead_letter = true;
-    caps.max_message_bytes = Some(max_message_bytes);
+    caps.max_message_bytes = Some(options.max_message_bytes);
     caps
 }
 
@@ -508,8 +508,7 @@ impl Broker for RabbitBroker {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let o = &self.inner.config.options;
-        capabilities(o.max_message_bytes, o.durable, self.inner.queue_topology())
+        capabilities(&self.inner.config.options)
     }
 
     async fn producer(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {

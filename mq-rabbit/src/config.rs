@@ -125,6 +125,11 @@ impl RabbitOptions {
         "heartbeat",
     ];
 
+    /// `topology=queue`: a topic is one queue, no exchange.
+    pub(crate) fn queue_topology(&self) -> bool {
+        self.topology == "queue"
+    }
+
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms.max(1))
     }
