@@ -340,8 +340,11 @@ pub async fn ruststream_consume(n: usize, payload: Bytes) -> Outcome {
 
 /// Raw rdkafka, a new group: `BaseConsumer::poll` on a thread of its own,
 /// every header read, the offset stored per message (auto-commit), with
-/// the settings mq-kafka gives its consumer.
-pub async fn raw_consume(n: usize, payload: Bytes) -> Outcome {
+/// the settings mq-kafka gives its consumer. With `owned`, each message is
+/// also copied into owned values (payload, key, every header as strings),
+/// into the types an mq `Message` holds them in: what is left between that and mq is mq's
+/// own (the hand-over between threads, the ack bookkeeping).
+pub async fn raw_consume(n: usize, payload: Bytes, owned: bool) -> Outcome {
     let topic = fill(n, &payload).await?;
     let servers = cluster()?.servers.clone();
     tokio::task::spawn_blocking(move || {
@@ -375,6 +378,23 @@ pub async fn raw_consume(n: usize, payload: Bytes) -> Outcome {
                     })
                     .unwrap_or_default();
                 std::hint::black_box((read, m.payload()));
+                if owned {
+                    // Payload, key and headers, in the types of an mq `Message`.
+                    let headers: std::collections::BTreeMap<String, String> = m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| {
+                                    let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                    (h.key.to_owned(), value.into_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+                    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                    std::hint::black_box((payload, key, headers));
+                }
                 consumer
                     .store_offset(m.topic(), m.partition(), m.offset())
                     .map_err(err)?;

@@ -233,7 +233,13 @@ pub async fn lapin(n: usize, _: Bytes) -> Ages {
             paced(n, |burst| {
                 let (name, publish) = (name.clone(), publish.clone());
                 async move {
-                    crate::rabbit::publish_confirmed(&publish, &name, burst.iter().map(Vec::as_slice)).await
+                    crate::rabbit::publish_confirmed(
+                        &publish,
+                        &name,
+                        crate::rabbit::Shape::TOPIC,
+                        burst.iter().map(Vec::as_slice),
+                    )
+                    .await
                 }
             })
             .await

@@ -27,6 +27,8 @@ use futures::future::BoxFuture;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::rabbit::Shape;
+
 /// One timed run of a contender: how long its messages took, or why it
 /// failed.
 pub type Outcome = Result<Duration, String>;
@@ -221,7 +223,10 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             messages: scale(20_000),
             notes: "mq and lapin publish through a topic exchange (mq's default topology); mq \
                     queue: topology=queue, straight to the topic's queue as ruststream's plain \
-                    queue; ruststream on a plain queue and through a topic exchange; omniqueue \
+                    queue; ruststream on a plain queue and through a topic exchange; lapin queue: a \
+                    plain queue, not mandatory (as ruststream); lapin queue mandatory: + the \
+                    mandatory flag; lapin queue as mq: + mq's properties (message_id, timestamp, \
+                    mq-ts header), mq queue's wire form; omniqueue \
                     has no publisher confirms (it publishes without them)",
             latency: false,
             contenders: vec![
@@ -236,7 +241,31 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
                     rabbit::ruststream(n, p, true)
                 }),
                 contender("omniqueue", Kind::Peer, rabbit::omniqueue),
-                contender("lapin", Kind::Raw, rabbit::lapin),
+                contender("lapin", Kind::Raw, |n, p| rabbit::lapin(n, p, Shape::TOPIC)),
+                contender("lapin queue", Kind::Raw, |n, p| {
+                    let plain = Shape {
+                        queue: true,
+                        mandatory: false,
+                        mq_properties: false,
+                    };
+                    rabbit::lapin(n, p, plain)
+                }),
+                contender("lapin queue mandatory", Kind::Raw, |n, p| {
+                    let mandatory = Shape {
+                        queue: true,
+                        mandatory: true,
+                        mq_properties: false,
+                    };
+                    rabbit::lapin(n, p, mandatory)
+                }),
+                contender("lapin queue as mq", Kind::Raw, |n, p| {
+                    let as_mq = Shape {
+                        queue: true,
+                        mandatory: true,
+                        mq_properties: true,
+                    };
+                    rabbit::lapin(n, p, as_mq)
+                }),
             ],
         });
     }
@@ -263,14 +292,16 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
             name: "consume + ack, a new group, from the first message to the last",
             messages: scale(20_000),
             notes: "every contender reads the same kind of messages (written by mq, with its \
-                    headers); rdkafka reads every header and stores each offset; ruststream \
+                    headers); rdkafka reads every header and stores each offset (rdkafka owned: also \
+                    copies each message into owned values, as an mq delivery holds it); ruststream \
                     with Commit::Tracked (per-message acks)",
             latency: false,
             contenders: vec![
                 contender("mq", Kind::Mq, |n, p| kafka::mq_consume(n, p, false)),
                 contender("mq recv_many", Kind::Mq, |n, p| kafka::mq_consume(n, p, true)),
                 contender("ruststream", Kind::Peer, kafka::ruststream_consume),
-                contender("rdkafka", Kind::Raw, kafka::raw_consume),
+                contender("rdkafka", Kind::Raw, |n, p| kafka::raw_consume(n, p, false)),
+                contender("rdkafka owned", Kind::Raw, |n, p| kafka::raw_consume(n, p, true)),
             ],
         });
     }

@@ -3,7 +3,9 @@
 //! awaited together), consumed at the same time with a prefetch of 200 and
 //! an ack per message. mq-rabbit, ruststream-lapin (on a plain queue, and
 //! through a topic exchange as mq goes), omniqueue's RabbitMQ backend and
-//! raw lapin (through a topic exchange, as mq).
+//! raw lapin (through a topic exchange, as mq; and on a plain queue, with
+//! and without `mandatory` and mq's properties, to tell apart what they
+//! cost).
 
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use mq_core::{Broker, BrokerUrl, Message, Producer, ProducerOptions, Subscription};
 use mq_rabbit::{RabbitBroker, RabbitConfig};
@@ -266,13 +268,42 @@ pub async fn declare_queue(queue: &str, exchange: Option<&str>) -> Result<(), St
     Ok(())
 }
 
-/// Raw lapin through a topic exchange (as mq-rabbit goes): 100 persistent
-/// publishes, mandatory, their confirms awaited together; `basic_consume`
-/// with a prefetch of 200, an ack per message.
-pub async fn lapin(n: usize, payload: Bytes) -> Outcome {
+/// How raw lapin publishes: the route, the `mandatory` flag and the
+/// properties, so that what mq-rabbit's wire form costs is measured apart.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Straight to a plain queue through the default exchange (as
+    /// ruststream's plain queue and mq's `topology=queue`), not through a
+    /// topic exchange (mq's default topology).
+    pub queue: bool,
+    /// Marked `mandatory` (mq does, so an unroutable send is an error;
+    /// ruststream does not).
+    pub mandatory: bool,
+    /// With the properties mq-rabbit writes: `message_id` (an mq id),
+    /// `timestamp` and the `mq-ts` header.
+    pub mq_properties: bool,
+}
+
+impl Shape {
+    /// mq's default topology: a topic exchange, mandatory, no properties.
+    pub const TOPIC: Shape = Shape {
+        queue: false,
+        mandatory: true,
+        mq_properties: false,
+    };
+}
+
+/// Raw lapin: 100 persistent publishes shaped by `shape`, their confirms
+/// awaited together; `basic_consume` with a prefetch of 200, an ack per
+/// message.
+pub async fn lapin(n: usize, payload: Bytes, shape: Shape) -> Outcome {
     let name = unique("raw");
-    let queue = format!("{name}.g");
-    declare_queue(&queue, Some(&name)).await?;
+    let queue = if shape.queue {
+        name.clone()
+    } else {
+        format!("{name}.g")
+    };
+    declare_queue(&queue, (!shape.queue).then_some(name.as_str())).await?;
     let conn = raw_conn().await?;
     let (mut consumer, publish) = raw_channels(&conn, &queue).await?;
     let start = Instant::now();
@@ -280,7 +311,7 @@ pub async fn lapin(n: usize, payload: Bytes) -> Outcome {
         let name = name.clone();
         tokio::spawn(async move {
             for _ in 0..n / WINDOW {
-                publish_confirmed(&publish, &name, (0..WINDOW).map(|_| &payload[..])).await?;
+                publish_confirmed(&publish, &name, shape, (0..WINDOW).map(|_| &payload[..])).await?;
             }
             Ok::<_, String>(())
         })
@@ -298,7 +329,7 @@ pub async fn lapin(n: usize, payload: Bytes) -> Outcome {
     let took = start.elapsed();
     sender.await.map_err(err)??;
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
-    cleanup(&queue, Some(&name)).await?;
+    cleanup(&queue, (!shape.queue).then_some(name.as_str())).await?;
     Ok(took)
 }
 
@@ -330,24 +361,41 @@ pub async fn raw_channels(
     Ok((consumer, publish))
 }
 
-/// Publishes each of `bodies` to the topic exchange `name` under routing key
-/// `name`, persistent and mandatory, then waits for all their confirms (as
+/// Publishes each of `bodies`, persistent, to `name` as `shape` says (the
+/// topic exchange `name` under routing key `name`, or the queue `name`
+/// through the default exchange), then waits for all their confirms (as
 /// mq-rabbit's `send_batch` does).
 pub async fn publish_confirmed<'a>(
     channel: &lapin::Channel,
     name: &str,
+    shape: Shape,
     bodies: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), String> {
+    let exchange = if shape.queue { "" } else { name };
     let mut confirms = Vec::new();
     for body in bodies {
-        let props = BasicProperties::default().with_delivery_mode(2);
+        let mut props = BasicProperties::default().with_delivery_mode(2);
+        if shape.mq_properties {
+            let millis = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let mut table = FieldTable::default();
+            table.insert(
+                "mq-ts".into(),
+                AMQPValue::LongLongInt(i64::try_from(millis).unwrap_or(i64::MAX)),
+            );
+            props = props
+                .with_message_id(mq_core::new_id().as_str().into())
+                .with_timestamp(millis / 1000)
+                .with_headers(table);
+        }
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory: shape.mandatory,
             ..Default::default()
         };
         confirms.push(
             channel
-                .basic_publish(name.into(), name.into(), options, body, props)
+                .basic_publish(exchange.into(), name.into(), options, body, props)
                 .await
                 .map_err(err)?,
         );
