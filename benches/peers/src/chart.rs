@@ -17,8 +17,9 @@ fn colour(kind: Kind) -> RGBColor {
 
 /// Draws `path`: the throughput of every contender of `backend`'s workloads.
 pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<(), String> {
-    let panel_height = 150u32;
-    let height = 50 + panel_height * results.len() as u32;
+    // A panel is as high as its rows need, so that labels never overlap.
+    let heights: Vec<u32> = results.iter().map(|r| panel_height(r.contenders.len())).collect();
+    let height = 50 + heights.iter().sum::<u32>();
     let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (title, body) = root.split_vertically(50);
@@ -30,7 +31,15 @@ pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<()
             ("sans-serif", 15),
         )
         .map_err(|e| e.to_string())?;
-    let panels = body.split_evenly((results.len(), 1));
+    let breaks: Vec<u32> = heights
+        .iter()
+        .scan(0, |at, h| {
+            *at += h;
+            Some(*at)
+        })
+        .take(heights.len().saturating_sub(1))
+        .collect();
+    let panels = body.split_by_breakpoints(&[] as &[u32], &breaks);
     for (area, r) in panels.iter().zip(results) {
         if r.latency {
             latency(area, r)?;
@@ -39,7 +48,7 @@ pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<()
         let max = r.contenders.iter().map(|c| c.median).fold(1.0, f64::max);
         let n = r.contenders.len();
         let mq = r.contenders.iter().find(|c| c.kind == Kind::Mq).map(|c| c.median);
-        let mut chart = panel(area, &r.workload, max * 1.35, n as f64, &|x| {
+        let mut chart = panel(area, &r.workload, max * 2.0, n as f64, &|x| {
             format!("{:.0}k", x / 1000.0)
         })?;
         for (i, c) in r.contenders.iter().enumerate() {
@@ -75,6 +84,12 @@ pub fn throughput(path: &Path, backend: &str, results: &[&Result_]) -> Result<()
     root.present().map_err(|e| e.to_string())
 }
 
+/// The height of a panel of `rows` bars: its caption and x axis, and 22
+/// pixels a bar.
+fn panel_height(rows: usize) -> u32 {
+    60 + 22 * u32::try_from(rows).unwrap_or(u32::MAX / 44).max(2)
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -94,7 +109,7 @@ fn latency<DB: DrawingBackend>(
     let max = rows.iter().map(|r| r.3).fold(1.0, f64::max);
     let mq = rows.iter().find(|r| r.1 == Kind::Mq).map(|r| (r.2, r.3));
     let n = rows.len() as f64;
-    let mut chart = panel(area, &r.workload, max * 1.6, n, &|x| format!("{x:.0} µs"))?;
+    let mut chart = panel(area, &r.workload, max * 2.2, n, &|x| format!("{x:.0} µs"))?;
     for (i, (name, kind, p50, p99)) in rows.iter().enumerate() {
         let base = n - i as f64;
         let c = colour(*kind);

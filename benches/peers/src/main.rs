@@ -4,7 +4,7 @@
 //! printed and the charts it drew.
 //!
 //! ```text
-//! mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick]
+//! mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--charts-only]
 //! ```
 //!
 //! Writes `DIR/peers.json` (every round of every contender), `DIR/peers.csv`
@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rabbit::Shape;
 
@@ -46,7 +46,7 @@ const ROUND_BOUND: Duration = Duration::from_secs(180);
 type Run = Box<dyn Fn(usize, Bytes) -> BoxFuture<'static, Result<Measure, String>>>;
 
 /// Who a contender is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// mq itself.
@@ -75,7 +75,7 @@ struct Workload {
 }
 
 /// What one contender measured in one workload.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Measured {
     /// The contender.
     pub contender: String,
@@ -86,15 +86,15 @@ pub struct Measured {
     /// The median of `rounds`.
     pub median: f64,
     /// Paced runs: each round's median latency, µs.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub p50_us: Vec<f64>,
     /// Paced runs: each round's 99th percentile latency, µs.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub p99_us: Vec<f64>,
 }
 
 /// A workload's results.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Result_ {
     /// `memory`, `redis`, ...
     pub backend: String,
@@ -353,11 +353,13 @@ struct Args {
     rounds: usize,
     out: PathBuf,
     quick: bool,
+    /// Only redraw the charts of `out` from its `peers.json`.
+    charts_only: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick]"
+        "usage: mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--charts-only]"
     );
     std::process::exit(2)
 }
@@ -373,6 +375,7 @@ fn args() -> Args {
             .unwrap_or(5),
         out: PathBuf::from("target/bench"),
         quick: false,
+        charts_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -390,10 +393,11 @@ fn args() -> Args {
             }
             "--out" => a.out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
             "--quick" => a.quick = true,
+            "--charts-only" => a.charts_only = true,
             "--no-latency" => a.no_latency = true,
             "-h" | "--help" => {
                 println!(
-                    "mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick]"
+                    "mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--charts-only]"
                 );
                 std::process::exit(0)
             }
@@ -414,6 +418,13 @@ fn median(v: &[f64]) -> f64 {
 
 fn main() {
     let args = args();
+    if args.charts_only {
+        if let Err(e) = redraw(&args.out) {
+            eprintln!("could not redraw the charts of {}: {e}", args.out.display());
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -627,6 +638,19 @@ fn write(out: &std::path::Path, results: &[Result_]) -> Result<(), String> {
         }
     }
     std::fs::write(out.join("peers.csv"), csv).map_err(|e| e.to_string())?;
+    charts(out, results)
+}
+
+/// Draws the charts again from `out`'s `peers.json` (a chart change needs
+/// no new run).
+fn redraw(out: &std::path::Path) -> Result<(), String> {
+    let json = std::fs::read_to_string(out.join("peers.json")).map_err(|e| e.to_string())?;
+    let results: Vec<Result_> = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    charts(out, &results)
+}
+
+/// One chart per backend, `out/<backend>.svg`.
+fn charts(out: &std::path::Path, results: &[Result_]) -> Result<(), String> {
     let mut backends: Vec<&str> = results.iter().map(|r| r.backend.as_str()).collect();
     backends.dedup();
     for b in backends {
