@@ -4,7 +4,7 @@
 //! printed and the charts it drew.
 //!
 //! ```text
-//! mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--charts-only]
+//! mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--workload TEXT] [--charts-only]
 //! ```
 //!
 //! Writes `DIR/peers.json` (every round of every contender), `DIR/peers.csv`
@@ -355,11 +355,13 @@ struct Args {
     quick: bool,
     /// Only redraw the charts of `out` from its `peers.json`.
     charts_only: bool,
+    /// Only workloads whose name contains this (for profiling one).
+    workload: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--charts-only]"
+        "usage: mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--workload TEXT] [--charts-only]"
     );
     std::process::exit(2)
 }
@@ -376,6 +378,7 @@ fn args() -> Args {
         out: PathBuf::from("target/bench"),
         quick: false,
         charts_only: false,
+        workload: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -394,10 +397,11 @@ fn args() -> Args {
             "--out" => a.out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
             "--quick" => a.quick = true,
             "--charts-only" => a.charts_only = true,
+            "--workload" => a.workload = Some(it.next().unwrap_or_else(|| usage())),
             "--no-latency" => a.no_latency = true,
             "-h" | "--help" => {
                 println!(
-                    "mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--charts-only]"
+                    "mq-peers [--backends memory,redis,rabbitmq,kafka] [--contenders mq,ruststream] [--no-latency] [--rounds N] [--out DIR] [--quick] [--workload TEXT] [--charts-only]"
                 );
                 std::process::exit(0)
             }
@@ -441,6 +445,9 @@ fn main() {
     }
     if args.no_latency {
         workloads.retain(|w| !w.latency);
+    }
+    if let Some(only) = &args.workload {
+        workloads.retain(|w| w.name.contains(only.as_str()));
     }
     if workloads.is_empty() {
         eprintln!("no workload for backends {:?}", args.backends);
