@@ -257,23 +257,22 @@ impl Inner {
             .map_err(|e| map(e, "open a connection for blocking reads", &self.endpoint))
     }
 
-    /// Adds to `pipe` an XADD of `message` to `key` (trimmed with `MAXLEN ~`
-    /// when `max_len` is set), with the attempt of a requeued copy.
-    pub(crate) fn xadd<'p>(
-        &self,
-        pipe: &'p mut redis::Pipeline,
-        key: &str,
-        message: &mq_core::Message,
-        attempt: Option<u32>,
-    ) -> &'p mut redis::Pipeline {
-        let cmd = pipe.cmd("XADD").arg(key);
+    /// An XADD of `message` to `key` (trimmed with `MAXLEN ~` when
+    /// `max_len` is set), with the attempt of a requeued copy; sized for
+    /// its arguments up front.
+    pub(crate) fn xadd(&self, key: &str, message: &mq_core::Message, attempt: Option<u32>) -> redis::Cmd {
+        // XADD key [MAXLEN ~ n] * and up to five fields besides the headers.
+        let args = 16 + 2 * message.headers.len();
+        let bytes = key.len() + message.encoded_len() + 64 + 4 * message.headers.len();
+        let mut cmd = redis::Cmd::with_capacity(args, bytes);
+        cmd.arg("XADD").arg(key);
         if let Some(max_len) = self.config.options.max_len {
             cmd.arg("MAXLEN").arg("~").arg(max_len);
         }
         cmd.arg("*");
-        for (field, value) in crate::codec::encode(message, attempt) {
+        crate::codec::encode_into(message, attempt, |field, value| {
             cmd.arg(field).arg(value);
-        }
+        });
         cmd
     }
 

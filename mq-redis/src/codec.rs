@@ -14,23 +14,31 @@ pub(crate) const PAYLOAD: &[u8] = b"p";
 pub(crate) const ATTEMPT: &[u8] = b"a";
 pub(crate) const HEADER: &[u8] = b"h:";
 
-/// The fields of `message`, plus the attempt for a requeued copy.
-pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut fields = Vec::with_capacity(5 + message.headers.len());
-    fields.push((ID.to_vec(), message.id.as_bytes().to_vec()));
+/// Hands each field of `message` (name, value), plus the attempt for a
+/// requeued copy, to `push`, without copying the values first.
+pub(crate) fn encode_into(message: &Message, attempt: Option<u32>, mut push: impl FnMut(&[u8], &[u8])) {
+    push(ID, message.id.as_bytes());
     if let Some(key) = &message.key {
-        fields.push((KEY.to_vec(), key.as_bytes().to_vec()));
+        push(KEY, key.as_bytes());
     }
-    fields.push((TIME.to_vec(), message.timestamp_millis().to_string().into_bytes()));
+    push(TIME, message.timestamp_millis().to_string().as_bytes());
     if let Some(attempt) = attempt {
-        fields.push((ATTEMPT.to_vec(), attempt.to_string().into_bytes()));
+        push(ATTEMPT, attempt.to_string().as_bytes());
     }
+    let mut field = HEADER.to_vec();
     for (name, value) in &message.headers {
-        let mut field = HEADER.to_vec();
+        field.truncate(HEADER.len());
         field.extend_from_slice(name.as_bytes());
-        fields.push((field, value.as_bytes().to_vec()));
+        push(&field, value.as_bytes());
     }
-    fields.push((PAYLOAD.to_vec(), message.payload.to_vec()));
+    push(PAYLOAD, &message.payload);
+}
+
+/// The fields of `message`, plus the attempt for a requeued copy.
+#[cfg(test)]
+pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields = Vec::new();
+    encode_into(message, attempt, |f, v| fields.push((f.to_vec(), v.to_vec())));
     fields
 }
 

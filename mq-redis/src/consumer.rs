@@ -90,7 +90,7 @@ impl Shared {
     ) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        self.inner.xadd(&mut pipe, target, copy, attempt).ignore();
+        pipe.add_command(self.inner.xadd(target, copy, attempt)).ignore();
         pipe.cmd("XACK")
             .arg(self.key(source))
             .arg(&*self.group)
@@ -152,9 +152,9 @@ impl Shared {
             .arg(entry_id)
             .arg(&token)
             .arg(if source == Source::Retry { "1" } else { "0" });
-        for (field, value) in codec::encode(message, Some(next)) {
+        codec::encode_into(message, Some(next), |field, value| {
             inv.arg(field).arg(value);
-        }
+        });
         self.inner
             .run_script::<()>(&format!("delay a requeue on `{}`", self.delayed), &inv)
             .await

@@ -43,12 +43,20 @@ impl RedisProducer {
             return Ok(Vec::new());
         }
         let key = self.inner.stream_key(topic);
-        let mut pipe = redis::pipe();
-        for message in messages {
-            self.inner.xadd(&mut pipe, &key, message, None);
-        }
         let what = format!("XADD to `{key}`");
-        let call = self.inner.query_pipe::<Vec<String>>(&what, &pipe);
+        let call = async {
+            // One message is one command: a pipeline of one costs its
+            // encoding and its reply bookkeeping for nothing.
+            if let [message] = messages {
+                let cmd = self.inner.xadd(&key, message, None);
+                return self.inner.query::<String>(&what, &cmd).await.map(|id| vec![id]);
+            }
+            let mut pipe = redis::Pipeline::with_capacity(messages.len());
+            for message in messages {
+                pipe.add_command(self.inner.xadd(&key, message, None));
+            }
+            self.inner.query_pipe::<Vec<String>>(&what, &pipe).await
+        };
         let ids = match self.options.send_timeout {
             None => call.await,
             Some(after) => tokio::time::timeout(after, call)
