@@ -242,29 +242,12 @@ fn workloads(backends: &[String], quick: bool) -> Vec<Workload> {
                 }),
                 contender("omniqueue", Kind::Peer, rabbit::omniqueue),
                 contender("lapin", Kind::Raw, |n, p| rabbit::lapin(n, p, Shape::TOPIC)),
-                contender("lapin queue", Kind::Raw, |n, p| {
-                    let plain = Shape {
-                        queue: true,
-                        mandatory: false,
-                        mq_properties: false,
-                    };
-                    rabbit::lapin(n, p, plain)
-                }),
+                contender("lapin queue", Kind::Raw, |n, p| rabbit::lapin(n, p, Shape::QUEUE)),
                 contender("lapin queue mandatory", Kind::Raw, |n, p| {
-                    let mandatory = Shape {
-                        queue: true,
-                        mandatory: true,
-                        mq_properties: false,
-                    };
-                    rabbit::lapin(n, p, mandatory)
+                    rabbit::lapin(n, p, Shape::QUEUE_MANDATORY)
                 }),
                 contender("lapin queue as mq", Kind::Raw, |n, p| {
-                    let as_mq = Shape {
-                        queue: true,
-                        mandatory: true,
-                        mq_properties: true,
-                    };
-                    rabbit::lapin(n, p, as_mq)
+                    rabbit::lapin(n, p, Shape::QUEUE_AS_MQ)
                 }),
             ],
         });

@@ -291,6 +291,23 @@ impl Shape {
         mandatory: true,
         mq_properties: false,
     };
+    /// ruststream's plain queue: straight to the queue, not mandatory, no
+    /// properties.
+    pub const QUEUE: Shape = Shape {
+        queue: true,
+        mandatory: false,
+        mq_properties: false,
+    };
+    /// [`Shape::QUEUE`], mandatory.
+    pub const QUEUE_MANDATORY: Shape = Shape {
+        mandatory: true,
+        ..Shape::QUEUE
+    };
+    /// mq's `topology=queue` on the wire: mandatory, with mq's properties.
+    pub const QUEUE_AS_MQ: Shape = Shape {
+        mq_properties: true,
+        ..Shape::QUEUE_MANDATORY
+    };
 }
 
 /// Raw lapin: 100 persistent publishes shaped by `shape`, their confirms
