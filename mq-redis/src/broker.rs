@@ -11,11 +11,13 @@ use mq_core::{
     Broker, BrokerUrl, Capabilities, Connector, Consumer, Error, Health, Lag, Producer, ProducerOptions,
     Registry, Result, StartPosition, Subscription,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::ConnectionManagerConfig;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError};
 use tokio::sync::watch;
 
 use crate::RedisConfig;
+use crate::conn::{ReaderConnection, RedisConnection, Slot};
 use crate::consumer::RedisConsumer;
 use crate::error::{is_transient, map};
 use crate::producer::RedisProducer;
@@ -27,7 +29,9 @@ use crate::producer::RedisProducer;
 /// carries its requeued messages, so a requeue reaches only the group that
 /// asked for it, and a sorted set of delayed requeues
 /// (`{prefix}{topic}:delayed:{group}`), kept in Redis so they survive a
-/// restart of the client.
+/// restart of the client. On a Redis Cluster the topic is a hash tag
+/// (`{prefix}{{topic}}`, `{prefix}{{topic}}:retry:{group}`, ...), so all of
+/// a topic's keys share one slot.
 ///
 /// ```no_run
 /// # async fn run() -> mq_core::Result<()> {
@@ -44,13 +48,31 @@ pub struct RedisBroker {
 
 pub(crate) struct Inner {
     pub(crate) config: RedisConfig,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where new connections come from (blocking reads, durable writes).
+    clients: Clients,
+    /// The shared connection.
+    pub(crate) conn: Slot,
     pub(crate) endpoint: String,
     /// How commands are retried after a lost connection.
     retry: ExponentialBackoff,
     closed: AtomicBool,
     pub(crate) close_tx: watch::Sender<bool>,
+}
+
+/// Makes new connections: for blocking reads (no response timeout), and
+/// for writes that `WAIT` for replicas (a `WAIT` blocks its connection on
+/// the server until it returns, so it never runs on the shared one).
+#[allow(clippy::large_enum_variant)] // one per broker
+enum Clients {
+    Single {
+        client: redis::Client,
+        manager: ConnectionManagerConfig,
+    },
+    Cluster {
+        shared: ClusterClient,
+        /// Without response timeout.
+        readers: ClusterClient,
+    },
 }
 
 impl std::fmt::Debug for Inner {
@@ -78,26 +100,23 @@ impl RedisBroker {
                 feature: "rediss:// (TLS): enable the `tls` feature of mq-redis".into(),
             });
         }
-        let client =
-            redis::Client::open(config.client_url()).map_err(|e| map(e, "open client", &endpoint))?;
         let opts = &config.options;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.connect_timeout()))
-            .set_response_timeout(Some(opts.response_timeout()))
-            .set_number_of_retries(opts.retries as usize)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        // The manager retries the first connection too; bound the whole of it.
+        // Each try, and the retries between them, are bounded as a whole.
         let bound =
             opts.connect_timeout() * (opts.retries + 1) + Duration::from_secs(u64::from(opts.retries));
-        let conn = match tokio::time::timeout(bound, client.get_connection_manager_with_config(manager)).await
-        {
-            Ok(Ok(conn)) => {
+        let connecting = async {
+            if config.cluster {
+                connect_cluster(&config, &endpoint).await
+            } else {
+                connect_single(&config, &endpoint).await
+            }
+        };
+        let (conn, clients) = match tokio::time::timeout(bound, connecting).await {
+            Ok(Ok(connected)) => {
                 tracing::debug!(endpoint = %endpoint, config = ?config, "connected to Redis");
-                conn
+                connected
             }
             Ok(Err(e)) => {
-                let e = map(e, "connect", &endpoint);
                 tracing::debug!(endpoint = %endpoint, error = %e, "connecting to Redis failed");
                 return Err(e);
             }
@@ -115,8 +134,8 @@ impl RedisBroker {
         let broker = RedisBroker {
             inner: Arc::new(Inner {
                 config,
-                client,
-                conn,
+                clients,
+                conn: Slot::new(conn),
                 endpoint,
                 retry: ExponentialBackoff::new(Duration::from_millis(50))
                     .max_delay(Duration::from_secs(1))
@@ -143,11 +162,64 @@ impl RedisBroker {
         &self.inner.config
     }
 
-    /// The shared multiplexed connection, for commands mq does not offer
-    /// (an escape hatch: keys mq uses are described on [`RedisBroker`]).
-    pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    /// The shared multiplexed connection (to one server or to a cluster),
+    /// for commands mq does not offer (an escape hatch: keys mq uses are
+    /// described on [`RedisBroker`]).
+    pub fn connection(&self) -> RedisConnection {
+        self.inner.conn.get().1
     }
+}
+
+/// One server, through the connection manager (it reconnects, and retries
+/// the first connection too).
+async fn connect_single(config: &RedisConfig, endpoint: &str) -> Result<(RedisConnection, Clients)> {
+    let opts = &config.options;
+    let client = redis::Client::open(config.client_url()).map_err(|e| map(e, "open client", endpoint))?;
+    let manager = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(opts.connect_timeout()))
+        .set_response_timeout(Some(opts.response_timeout()))
+        .set_number_of_retries(opts.retries as usize)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1));
+    let conn = client
+        .get_connection_manager_with_config(manager.clone())
+        .await
+        .map_err(|e| map(e, "connect", endpoint))?;
+    Ok((RedisConnection::Single(conn), Clients::Single { client, manager }))
+}
+
+/// A cluster client for `config`'s seed nodes; `response_timeout` `None`
+/// for blocking reads.
+fn cluster_client(
+    config: &RedisConfig,
+    response_timeout: Option<Duration>,
+) -> redis::RedisResult<ClusterClient> {
+    let opts = &config.options;
+    let mut builder = ClusterClientBuilder::new(config.node_urls())
+        .retries(opts.retries)
+        .min_retry_wait(50)
+        .max_retry_wait(1000)
+        .connection_timeout(opts.connect_timeout());
+    if let Some(timeout) = response_timeout {
+        builder = builder.response_timeout(timeout);
+    }
+    builder.build()
+}
+
+/// A Redis Cluster, through redis-rs's cluster client: it reads the slot
+/// map from the first seed node that answers and follows MOVED and ASK.
+async fn connect_cluster(config: &RedisConfig, endpoint: &str) -> Result<(RedisConnection, Clients)> {
+    let shared = cluster_client(config, Some(config.options.response_timeout()))
+        .map_err(|e| map(e, "open cluster client", endpoint))?;
+    let readers = cluster_client(config, None).map_err(|e| map(e, "open cluster client", endpoint))?;
+    let conn = shared
+        .get_async_connection()
+        .await
+        .map_err(|e| map(e, "connect to the cluster", endpoint))?;
+    Ok((
+        RedisConnection::Cluster(conn),
+        Clients::Cluster { shared, readers },
+    ))
 }
 
 impl Inner {
@@ -163,31 +235,106 @@ impl Inner {
         }
     }
 
+    /// The topic's stream; on a cluster the topic is the key's hash tag.
     pub(crate) fn stream_key(&self, topic: &str) -> String {
-        format!("{}{topic}", self.config.options.prefix)
+        if self.config.cluster {
+            format!("{}{{{topic}}}", self.config.options.prefix)
+        } else {
+            format!("{}{topic}", self.config.options.prefix)
+        }
     }
 
     pub(crate) fn retry_key(&self, topic: &str, group: &str) -> String {
-        format!("{}{topic}:retry:{group}", self.config.options.prefix)
+        format!("{}:retry:{group}", self.stream_key(topic))
     }
 
     pub(crate) fn delayed_key(&self, topic: &str, group: &str) -> String {
-        format!("{}{topic}:delayed:{group}", self.config.options.prefix)
+        format!("{}:delayed:{group}", self.stream_key(topic))
+    }
+
+    /// On a cluster, a topic name is a hash tag: no `{` or `}` in it.
+    pub(crate) fn check_topic(&self, topic: &str) -> Result<()> {
+        if self.config.cluster && topic.contains(['{', '}']) {
+            return Err(Error::InvalidOption {
+                backend: "redis",
+                option: "topic".into(),
+                reason: format!(
+                    "`{topic}`: on a Redis Cluster a topic is its keys' hash tag and cannot contain `{{` or `}}`"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `WAIT n timeout` after a write, when `wait_replicas` asks for it
+    /// (in the same pipeline, so it reaches the node that took the write).
+    pub(crate) fn add_wait(&self, pipe: &mut redis::Pipeline) -> bool {
+        match self.config.wait_replicas() {
+            Some((replicas, timeout_ms)) => {
+                pipe.cmd("WAIT").arg(replicas).arg(timeout_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `WAIT`s (when `wait_replicas` asks for it) on the node owning `key`
+    /// until its replicas have the writes made so far.
+    /// It must run on the connection that made the writes.
+    pub(crate) async fn wait_for_replicas(&self, conn: &Slot, what: &str, key: &str) -> Result<()> {
+        let Some((replicas, timeout_ms)) = self.config.wait_replicas() else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout_ms);
+        let acked: i64 = conn
+            .get()
+            .1
+            .query_at(key, &cmd)
+            .await
+            .map_err(|e| map(e, &format!("{what}: WAIT"), &self.endpoint))?;
+        self.check_replicated(what, acked)
+    }
+
+    /// Fails when `WAIT` says fewer replicas than asked have the write.
+    pub(crate) fn check_replicated(&self, what: &str, replicas: i64) -> Result<()> {
+        let wanted = i64::from(self.config.options.wait_replicas);
+        if replicas < wanted {
+            return Err(Error::Timeout {
+                operation: format!(
+                    "{what}: {replicas} of {wanted} replicas acknowledged within {} ms (the write is on the primary, not confirmed)",
+                    self.config.options.wait_timeout_ms
+                ),
+                after: Duration::from_millis(self.config.options.wait_timeout_ms),
+            });
+        }
+        Ok(())
     }
 
     /// Runs a command on the shared connection, trying again after a lost
     /// connection (the connection manager reconnects but does not retry).
     pub(crate) async fn query<T: FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
-        self.retrying(what, || {
-            let mut conn = self.conn.clone();
-            async move { cmd.query_async(&mut conn).await }
-        })
+        self.query_on(&self.conn, what, cmd).await
+    }
+
+    /// As [`Inner::query`], on `slot`.
+    pub(crate) async fn query_on<T: FromRedisValue>(
+        &self,
+        slot: &Slot,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        self.retrying(
+            slot,
+            what,
+            |mut conn| async move { cmd.query_async(&mut conn).await },
+        )
         .await
     }
 
     /// Runs a command once on the shared connection, without trying again.
     pub(crate) async fn query_once<T: FromRedisValue>(&self, what: &str, cmd: &redis::Cmd) -> Result<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get().1;
         cmd.query_async(&mut conn)
             .await
             .map_err(|e| map(e, what, &self.endpoint))
@@ -199,10 +346,21 @@ impl Inner {
         what: &str,
         pipe: &redis::Pipeline,
     ) -> Result<T> {
-        self.retrying(what, || {
-            let mut conn = self.conn.clone();
-            async move { pipe.query_async(&mut conn).await }
-        })
+        self.query_pipe_on(&self.conn, what, pipe).await
+    }
+
+    /// As [`Inner::query_pipe`], on `slot`.
+    pub(crate) async fn query_pipe_on<T: FromRedisValue>(
+        &self,
+        slot: &Slot,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        self.retrying(
+            slot,
+            what,
+            |mut conn| async move { pipe.query_async(&mut conn).await },
+        )
         .await
     }
 
@@ -212,23 +370,71 @@ impl Inner {
         what: &str,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T> {
-        self.retrying(what, || {
-            let mut conn = self.conn.clone();
-            async move { inv.invoke_async(&mut conn).await }
-        })
+        self.run_script_on(&self.conn, what, inv).await
+    }
+
+    /// As [`Inner::run_script`], on `slot`.
+    pub(crate) async fn run_script_on<T: FromRedisValue>(
+        &self,
+        slot: &Slot,
+        what: &str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.retrying(
+            slot,
+            what,
+            |mut conn| async move { inv.invoke_async(&mut conn).await },
+        )
         .await
     }
 
-    async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    /// A new connection of the shared kind (bounded by twice the connect
+    /// timeout).
+    async fn open_connection(&self) -> redis::RedisResult<RedisConnection> {
+        let bound = self.config.options.connect_timeout() * 2;
+        let opening = async {
+            match &self.clients {
+                Clients::Single { client, manager } => client
+                    .get_connection_manager_with_config(manager.clone())
+                    .await
+                    .map(RedisConnection::Single),
+                Clients::Cluster { shared, .. } => {
+                    shared.get_async_connection().await.map(RedisConnection::Cluster)
+                }
+            }
+        };
+        match tokio::time::timeout(bound, opening).await {
+            Ok(conn) => conn,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no connection within twice the connect timeout",
+            ))),
+        }
+    }
+
+    /// A connection of its own for writes that `WAIT` for replicas (see
+    /// [`Clients`]).
+    pub(crate) async fn write_connection(&self) -> Result<Slot> {
+        self.open_connection().await.map(Slot::new).map_err(|e| {
+            map(
+                e,
+                "open a connection for writes that wait for replicas",
+                &self.endpoint,
+            )
+        })
+    }
+
+    async fn retrying<T, F, Fut>(&self, slot: &Slot, what: &str, mut call: F) -> Result<T>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(RedisConnection) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, RedisError>>,
     {
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let err = match call().await {
+            let (generation, conn) = slot.get();
+            let err = match call(conn).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -238,6 +444,19 @@ impl Inner {
             match delay {
                 Some(delay) => {
                     tracing::warn!(endpoint = %self.endpoint, operation = what, error = %err, attempt, "redis command failed; trying again");
+                    // A cluster connection that timed out may be stuck: the
+                    // next try goes through a new one.
+                    if err.is_timeout() && slot.renewable() && !self.is_closed() {
+                        match slot.renew(generation, self.open_connection()).await {
+                            Some(Ok(())) => {
+                                tracing::warn!(endpoint = %self.endpoint, "replaced a cluster connection whose command timed out");
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(endpoint = %self.endpoint, error = %e, "could not replace a cluster connection whose command timed out");
+                            }
+                            None => {}
+                        }
+                    }
                     tokio::time::sleep(delay).await;
                 }
                 None => return Err(map(err, what, &self.endpoint)),
@@ -247,14 +466,46 @@ impl Inner {
 
     /// A connection of its own, without response timeout, for blocking reads
     /// (a blocked read would stall every other command on a shared one).
-    pub(crate) async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.config.options.connect_timeout()))
-            .set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
+    pub(crate) async fn blocking_connection(&self) -> Result<ReaderConnection> {
+        let what = "open a connection for blocking reads";
+        match &self.clients {
+            Clients::Single { client, .. } => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.config.options.connect_timeout()))
+                    .set_response_timeout(None);
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(ReaderConnection::Single)
+                    .map_err(|e| map(e, what, &self.endpoint))
+            }
+            Clients::Cluster { readers, .. } => {
+                let bound = self.config.options.connect_timeout() * 2;
+                match tokio::time::timeout(bound, readers.get_async_connection()).await {
+                    Ok(conn) => conn
+                        .map(ReaderConnection::Cluster)
+                        .map_err(|e| map(e, what, &self.endpoint)),
+                    Err(_) => Err(Error::Timeout {
+                        operation: format!("{what} on {}", self.endpoint),
+                        after: bound,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Runs a keyless command on the node that owns `key` (see
+    /// [`RedisConnection::query_at`]), once.
+    pub(crate) async fn query_at<T: FromRedisValue>(
+        &self,
+        what: &str,
+        key: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        let mut conn = self.conn.get().1;
+        conn.query_at(key, cmd)
             .await
-            .map_err(|e| map(e, "open a connection for blocking reads", &self.endpoint))
+            .map_err(|e| map(e, what, &self.endpoint))
     }
 
     /// An XADD of `message` to `key` (trimmed with `MAXLEN ~` when
@@ -336,6 +587,7 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
         self.inner.check_open()?;
         subscription.validate("redis")?;
+        self.inner.check_topic(&subscription.topic)?;
         let inner = &self.inner;
         let start = match subscription.start {
             StartPosition::Earliest => "0",

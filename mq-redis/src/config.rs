@@ -8,6 +8,17 @@ use serde::Deserialize;
 /// Where and how to connect, from a `redis://` or `rediss://` URL:
 /// `redis://[user][:password]@host[:port][/db][?option=value...]`.
 ///
+/// **Redis Cluster**: several hosts (`redis://h1:7000,h2:7001,h3:7002`),
+/// or one seed host with `cluster=true`, connect through redis-rs's cluster
+/// client (database 0 only: a cluster has no other). Every key of one topic
+/// then carries the topic as a hash tag (`mq:{orders}`,
+/// `mq:{orders}:retry:{group}`, ...), so a topic's streams, delayed set and
+/// scripts stay on one node while topics spread over the cluster; topic
+/// names may not contain `{` or `}` there. Redis replicates
+/// asynchronously: set `wait_replicas=1` so a send is confirmed only once
+/// a replica has it too (`WAIT`), or a primary killed right after a send
+/// can lose it in the failover.
+///
 /// Options (also settable through [`mq_core::MqConfig`]'s `options`):
 ///
 /// | option | meaning | default |
@@ -21,6 +32,9 @@ use serde::Deserialize;
 /// | `connect_timeout_ms` | time to connect (each try) | 5000 |
 /// | `response_timeout_ms` | time for a reply, except blocking reads | 5000 |
 /// | `retries` | tries again after a lost connection, per command | 5 |
+/// | `cluster` | `true`: a Redis Cluster (implied by several hosts) | `false` |
+/// | `wait_replicas` | a send (and a requeue or dead letter) is confirmed once this many replicas have it (`WAIT`) | 0 |
+/// | `wait_timeout_ms` | longest a confirmation waits for those replicas | 2000 |
 ///
 /// ```
 /// let url: mq_core::BrokerUrl = "redis://:pw@127.0.0.1:6379/2?max_len=1000".parse()?;
@@ -35,10 +49,15 @@ use serde::Deserialize;
 pub struct RedisConfig {
     /// `true` for `rediss://`.
     pub tls: bool,
-    /// Host name or address.
+    /// Host name or address (of the first node, for a cluster).
     pub host: String,
     /// Port (6379 when absent).
     pub port: u16,
+    /// `true`: a Redis Cluster, reached through every node of [`Self::nodes`].
+    pub cluster: bool,
+    /// Every host and port of the URL, the first being [`Self::host`] and
+    /// [`Self::port`] (the seed nodes of a cluster).
+    pub nodes: Vec<(String, u16)>,
     /// ACL user name.
     pub username: Option<String>,
     /// Password.
@@ -73,6 +92,10 @@ pub struct RedisOptions {
     pub response_timeout_ms: u64,
     /// Tries again after a lost connection, per command.
     pub retries: u32,
+    /// Replicas that must have a write before it is confirmed (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// Longest a confirmation waits for [`Self::wait_replicas`], in milliseconds.
+    pub wait_timeout_ms: u64,
 }
 
 impl Default for RedisOptions {
@@ -87,6 +110,8 @@ impl Default for RedisOptions {
             connect_timeout_ms: 5000,
             response_timeout_ms: 5000,
             retries: 5,
+            wait_replicas: 0,
+            wait_timeout_ms: 2000,
         }
     }
 }
@@ -103,6 +128,8 @@ impl RedisOptions {
         "connect_timeout_ms",
         "response_timeout_ms",
         "retries",
+        "wait_replicas",
+        "wait_timeout_ms",
     ];
 
     pub(crate) fn block(&self) -> Duration {
@@ -117,8 +144,16 @@ impl RedisOptions {
         Duration::from_millis(self.connect_timeout_ms.max(1))
     }
 
+    /// The response timeout, plus the `WAIT` a write may add to its reply
+    /// when `wait_replicas` is set (a timeout shorter than the `WAIT` would
+    /// cut every write short while a replica is missing).
     pub(crate) fn response_timeout(&self) -> Duration {
-        Duration::from_millis(self.response_timeout_ms.max(1))
+        let wait = if self.wait_replicas > 0 {
+            self.wait_timeout_ms
+        } else {
+            0
+        };
+        Duration::from_millis(self.response_timeout_ms.max(1).saturating_add(wait))
     }
 }
 
@@ -155,18 +190,37 @@ impl RedisConfig {
                 )));
             }
         };
-        let (host, port) = match url.hosts() {
-            [] => ("127.0.0.1".to_string(), 6379),
-            [one] => (one.host.clone(), one.port.unwrap_or(6379)),
-            _ => return Err(invalid("give one Redis host (cluster is not supported)".into())),
+        let mut nodes: Vec<(String, u16)> = url
+            .hosts()
+            .iter()
+            .map(|h| (h.host.clone(), h.port.unwrap_or(6379)))
+            .collect();
+        if nodes.is_empty() {
+            nodes.push(("127.0.0.1".to_string(), 6379));
+        }
+        let cluster = match url.parse_option::<bool>("redis", "cluster")? {
+            Some(false) if nodes.len() > 1 => {
+                return Err(invalid(
+                    "several hosts are the nodes of a Redis Cluster: drop `cluster=false` or give one host"
+                        .into(),
+                ));
+            }
+            Some(c) => c,
+            None => nodes.len() > 1,
         };
+        let (host, port) = nodes[0].clone();
         let db = match url.path().trim_start_matches('/') {
             "" => 0,
             db => db
                 .parse::<i64>()
                 .map_err(|_| invalid(format!("the path `/{db}` must be a database number")))?,
         };
-        url.check_options("redis", RedisOptions::NAMES, &[])?;
+        if cluster && db != 0 {
+            return Err(invalid(format!("a Redis Cluster has only database 0, not /{db}")));
+        }
+        let mut known = RedisOptions::NAMES.to_vec();
+        known.push("cluster");
+        url.check_options("redis", &known, &[])?;
         let mut options = RedisOptions::default();
         if let Some(v) = url.option("prefix") {
             options.prefix = v.to_string();
@@ -186,6 +240,8 @@ impl RedisConfig {
         number!(connect_timeout_ms);
         number!(response_timeout_ms);
         number!(retries);
+        number!(wait_replicas);
+        number!(wait_timeout_ms);
         if options.batch == 0 {
             return Err(Error::InvalidOption {
                 backend: "redis",
@@ -197,6 +253,8 @@ impl RedisConfig {
             tls,
             host,
             port,
+            cluster,
+            nodes,
             username: url.username().map(str::to_string),
             password: url.password().cloned(),
             db,
@@ -204,14 +262,28 @@ impl RedisConfig {
         })
     }
 
-    /// `host:port/db`, for messages (no credentials).
+    /// `scheme://host:port[,host:port...]/db`, for messages (no credentials).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
-        format!("{scheme}://{}:{}/{}", self.host, self.port, self.db)
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(h, p)| format!("{}:{p}", bracketed(h)))
+            .collect();
+        format!("{scheme}://{}/{}", hosts.join(","), self.db)
     }
 
     /// The URL redis-rs connects with, password included. Never log it.
     pub(crate) fn client_url(&self) -> String {
+        self.node_url(&self.host, self.port)
+    }
+
+    /// A URL per node, passwords included, for the cluster client. Never log them.
+    pub(crate) fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|(h, p)| self.node_url(h, *p)).collect()
+    }
+
+    fn node_url(&self, host: &str, port: u16) -> String {
         use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
         let scheme = if self.tls { "rediss" } else { "redis" };
         let mut auth = String::new();
@@ -225,12 +297,22 @@ impl RedisConfig {
             }
             auth.push('@');
         }
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!("{scheme}://{auth}{host}:{}/{}", self.port, self.db)
+        format!("{scheme}://{auth}{}:{port}/{}", bracketed(host), self.db)
+    }
+
+    /// How long a write's confirmation waits for replicas, when it does.
+    pub(crate) fn wait_replicas(&self) -> Option<(u32, u64)> {
+        (self.options.wait_replicas > 0)
+            .then_some((self.options.wait_replicas, self.options.wait_timeout_ms.max(1)))
+    }
+}
+
+/// An IPv6 address in brackets, for a URL.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
     }
 }
 
@@ -263,7 +345,9 @@ mod tests {
             ("redis://:secretpw@h?batch=0", "at least 1"),
             ("redis://:secretpw@h?batch=many", "`many`"),
             ("redis://:secretpw@h/notadb", "database number"),
-            ("redis://:secretpw@a,b", "one Redis host"),
+            ("redis://:secretpw@a,b?cluster=false", "Redis Cluster"),
+            ("redis://:secretpw@a,b/3", "only database 0"),
+            ("redis://:secretpw@a?cluster=maybe", "`maybe`"),
         ] {
             let err = parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");
@@ -271,5 +355,27 @@ mod tests {
         }
         let shown = format!("{:?}", parse("redis://u:secretpw@h").unwrap());
         assert!(!shown.contains("secretpw"), "{shown}");
+    }
+
+    #[test]
+    fn several_hosts_are_a_cluster() {
+        let c = parse("redis://:pw@10.0.0.1:7000,10.0.0.2:7001,[::1]?wait_replicas=1").unwrap();
+        assert!(c.cluster);
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!((c.host.as_str(), c.port), ("10.0.0.1", 7000));
+        assert_eq!(c.endpoint(), "redis://10.0.0.1:7000,10.0.0.2:7001,[::1]:6379/0");
+        assert_eq!(
+            c.node_urls(),
+            [
+                "redis://:pw@10.0.0.1:7000/0",
+                "redis://:pw@10.0.0.2:7001/0",
+                "redis://:pw@[::1]:6379/0"
+            ]
+        );
+        assert_eq!(c.wait_replicas(), Some((1, 2000)));
+        let seed = parse("redis://h:7000?cluster=true").unwrap();
+        assert!(seed.cluster && seed.nodes.len() == 1);
+        assert!(!parse("redis://h").unwrap().cluster);
+        assert_eq!(parse("redis://h").unwrap().wait_replicas(), None);
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::broker::Inner;
 use crate::codec::{self, Entry};
+use crate::conn::Slot;
 use crate::scripts;
 
 /// Which stream of the group an entry came from.
@@ -49,6 +50,9 @@ struct Shared {
     /// The server's id of the reader's blocking connection (`CLIENT ID`),
     /// so closing can cut its blocking read short; -1 while unknown.
     reader_id: AtomicI64,
+    /// With `wait_replicas`: the connection of requeues and dead letters,
+    /// opened on first use (a `WAIT` holds up its connection on the server).
+    writes: tokio::sync::OnceCell<Slot>,
 }
 
 impl Shared {
@@ -78,8 +82,23 @@ impl Shared {
         *self.stop.borrow() || self.inner.is_closed()
     }
 
+    /// Where requeues and dead letters are written: the shared connection,
+    /// or with `wait_replicas` this consumer's own.
+    async fn write_slot(&self) -> Result<&Slot> {
+        if self.inner.config.wait_replicas().is_none() {
+            return Ok(&self.inner.conn);
+        }
+        self.writes
+            .get_or_try_init(|| self.inner.write_connection())
+            .await
+    }
+
     /// Atomically adds `copy` to `target` (a stream key) and settles the
     /// entry: XACK, and XDEL for a retry-stream entry (it is the group's own).
+    /// On a cluster a target in another slot (a dead-letter topic) cannot
+    /// share a transaction: the copy is added first and the entry settled
+    /// only once that is confirmed (a failure in between leaves a
+    /// duplicate, never a loss).
     async fn move_entry(
         &self,
         source: Source,
@@ -88,9 +107,20 @@ impl Shared {
         copy: &Message,
         attempt: Option<u32>,
     ) -> Result<()> {
+        let what = format!("move entry {entry_id} of `{}` to `{target}`", self.key(source));
+        let together = !self.inner.config.cluster
+            || crate::conn::slot(target.as_bytes()) == crate::conn::slot(self.key(source).as_bytes());
+        let conn = self.write_slot().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.add_command(self.inner.xadd(target, copy, attempt)).ignore();
+        if together {
+            pipe.add_command(self.inner.xadd(target, copy, attempt)).ignore();
+        } else {
+            self.inner
+                .query_on::<String>(conn, &what, &self.inner.xadd(target, copy, attempt))
+                .await?;
+            self.inner.wait_for_replicas(conn, &what, target).await?;
+        }
         pipe.cmd("XACK")
             .arg(self.key(source))
             .arg(&*self.group)
@@ -99,12 +129,8 @@ impl Shared {
         if source == Source::Retry {
             pipe.cmd("XDEL").arg(&self.retry).arg(entry_id).ignore();
         }
-        self.inner
-            .query_pipe::<()>(
-                &format!("move entry {entry_id} of `{}` to `{target}`", self.key(source)),
-                &pipe,
-            )
-            .await
+        self.inner.query_pipe_on::<()>(conn, &what, &pipe).await?;
+        self.inner.wait_for_replicas(conn, &what, self.key(source)).await
     }
 
     async fn dead_letter(
@@ -155,9 +181,10 @@ impl Shared {
         codec::encode_into(message, Some(next), |field, value| {
             inv.arg(field).arg(value);
         });
-        self.inner
-            .run_script::<()>(&format!("delay a requeue on `{}`", self.delayed), &inv)
-            .await
+        let what = format!("delay a requeue on `{}`", self.delayed);
+        let conn = self.write_slot().await?;
+        self.inner.run_script_on::<()>(conn, &what, &inv).await?;
+        self.inner.wait_for_replicas(conn, &what, &self.delayed).await
     }
 }
 
@@ -211,6 +238,7 @@ impl RedisConsumer {
             stop: watch::channel(false).0,
             closed: AtomicBool::new(false),
             reader_id: AtomicI64::new(-1),
+            writes: tokio::sync::OnceCell::new(),
             inner,
             sub,
         });
@@ -352,7 +380,7 @@ async fn unblock_reader(shared: &Shared) {
     cmd.arg("UNBLOCK").arg(id);
     if let Err(e) = shared
         .inner
-        .query_once::<i64>("CLIENT UNBLOCK the reader", &cmd)
+        .query_at::<i64>("CLIENT UNBLOCK the reader", &shared.main, &cmd)
         .await
     {
         tracing::debug!(error = %e, "unblocking the reader; it ends after its blocking read");
@@ -478,7 +506,9 @@ async fn read_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<Delivery>>) {
             Some(c) => c,
             None => match shared.inner.blocking_connection().await {
                 Ok(mut c) => {
-                    let id = redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut c).await;
+                    let id = c
+                        .query_at::<i64>(&shared.main, &redis::cmd("CLIENT").arg("ID").clone())
+                        .await;
                     shared.reader_id.store(id.unwrap_or(-1), Ordering::Release);
                     conn.insert(c)
                 }

@@ -4,12 +4,19 @@ use mq_core::Error;
 use redis::{ErrorKind, RedisError};
 
 /// Whether trying the command again, after reconnecting, may succeed.
+/// On a cluster that includes a redirection (MOVED, ASK) the client did not
+/// follow itself (a pipeline's), and a cluster that is failing over
+/// (CLUSTERDOWN, TRYAGAIN): the client refreshes its slot map meanwhile.
 pub(crate) fn is_transient(err: &RedisError) -> bool {
     err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_timeout()
-        || matches!(err.code(), Some("LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN"))
+        || err.is_cluster_error()
+        || matches!(
+            err.code(),
+            Some("LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "MOVED" | "ASK" | "CLUSTERDOWN")
+        )
 }
 
 /// Maps `err`, raised while doing `operation` against `endpoint` (which has

@@ -42,6 +42,7 @@
 mod broker;
 mod codec;
 mod config;
+mod conn;
 mod consumer;
 mod error;
 mod idempotency;
@@ -52,6 +53,7 @@ pub mod testing;
 
 pub use broker::{RedisBroker, RedisConnector, register};
 pub use config::{RedisConfig, RedisOptions};
+pub use conn::RedisConnection;
 pub use consumer::RedisConsumer;
 pub use idempotency::RedisIdempotencyStore;
 pub use producer::RedisProducer;

@@ -7,6 +7,7 @@ use mq_core::backend::{SendGate, check_send};
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
 
 use crate::broker::Inner;
+use crate::conn::Slot;
 
 /// A producer of a [`RedisBroker`](crate::RedisBroker): `send` returns once
 /// Redis replied to the XADD; `send_batch` sends all XADDs in one round trip.
@@ -15,6 +16,9 @@ pub struct RedisProducer {
     inner: Arc<Inner>,
     options: ProducerOptions,
     gate: SendGate,
+    /// With `wait_replicas`: the producer's own connection, opened on its
+    /// first send, since a `WAIT` holds up its connection on the server.
+    writes: tokio::sync::OnceCell<Slot>,
 }
 
 impl RedisProducer {
@@ -23,11 +27,13 @@ impl RedisProducer {
             inner,
             options,
             gate: SendGate::new("redis producer"),
+            writes: tokio::sync::OnceCell::new(),
         }
     }
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {
         self.inner.check_open()?;
+        self.inner.check_topic(topic)?;
         check_send(
             "redis",
             topic,
@@ -47,15 +53,38 @@ impl RedisProducer {
         let call = async {
             // One message is one command: a pipeline of one costs its
             // encoding and its reply bookkeeping for nothing.
-            if let [message] = messages {
+            if let ([message], None) = (messages, self.inner.config.wait_replicas()) {
                 let cmd = self.inner.xadd(&key, message, None);
                 return self.inner.query::<String>(&what, &cmd).await.map(|id| vec![id]);
             }
-            let mut pipe = redis::Pipeline::with_capacity(messages.len());
+            let mut pipe = redis::Pipeline::with_capacity(messages.len() + 1);
             for message in messages {
                 pipe.add_command(self.inner.xadd(&key, message, None));
             }
-            self.inner.query_pipe::<Vec<String>>(&what, &pipe).await
+            if !self.inner.add_wait(&mut pipe) {
+                return self.inner.query_pipe::<Vec<String>>(&what, &pipe).await;
+            }
+            let conn = self
+                .writes
+                .get_or_try_init(|| self.inner.write_connection())
+                .await?;
+            // The entry ids, then how many replicas have them.
+            let mut replies = self
+                .inner
+                .query_pipe_on::<Vec<redis::Value>>(conn, &what, &pipe)
+                .await?;
+            let replicas = match replies.pop() {
+                Some(redis::Value::Int(n)) => n,
+                _ => 0,
+            };
+            self.inner.check_replicated(&what, replicas)?;
+            replies
+                .into_iter()
+                .map(|v| {
+                    <String as redis::FromRedisValue>::from_redis_value(v)
+                        .map_err(|e| Error::backend("redis", what.clone(), e.to_string()))
+                })
+                .collect()
         };
         let ids = match self.options.send_timeout {
             None => call.await,

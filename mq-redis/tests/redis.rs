@@ -456,3 +456,31 @@ async fn health_follows_the_server() {
         started.elapsed()
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_on_a_server_without_replicas_is_a_clear_error() {
+    // The machine's Redis has no replica: a send that must reach one is
+    // refused after wait_timeout_ms, saying so, and the shared connection
+    // (which never ran the WAIT) keeps serving other commands meanwhile.
+    let broker = common::redis_broker("wait_replicas=1&wait_timeout_ms=300").await;
+    let producer = broker.producer(ProducerOptions::default()).await.unwrap();
+    let topic = mq_core::testkit::unique("wait");
+    let started = Instant::now();
+    let sending = producer.send(&topic, Message::new("x"));
+    let health = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        broker.health().await
+    };
+    let (sent, health) = tokio::join!(sending, health);
+    let err = sent.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    let health = health.expect("the shared connection answers during the WAIT");
+    assert!(health.latency < Duration::from_millis(250), "{health:?}");
+    broker.close().await.unwrap();
+}

@@ -2,6 +2,7 @@
 //! (feature `testcontainers`, Docker present) a container per test.
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
+pub(crate) mod cluster;
 pub(crate) mod server;
 
 use std::sync::Arc;
