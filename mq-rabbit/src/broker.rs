@@ -3,7 +3,7 @@
 //! and per consumer.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -63,6 +63,10 @@ pub(crate) struct Inner {
     declared: Mutex<HashSet<(u64, String)>>,
     retry: ExponentialBackoff,
     closed: AtomicBool,
+    /// The node (index into the config's nodes) a new connection tries first.
+    next_node: AtomicUsize,
+    /// `amqp://host:port/vhost` of the node last connected to.
+    connected_node: Mutex<String>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -103,6 +107,8 @@ impl RabbitBroker {
                     .jitter(0.2)
                     .max_attempts(retries.saturating_add(1)),
                 closed: AtomicBool::new(false),
+                next_node: AtomicUsize::new(0),
+                connected_node: Mutex::new(String::new()),
             }),
         };
         broker.inner.connection().await?;
@@ -128,6 +134,16 @@ impl RabbitBroker {
     /// As [`RabbitBroker::connect`].
     pub async fn connection(&self) -> Result<Arc<Connection>> {
         Ok(self.inner.connection().await?.1)
+    }
+
+    /// `amqp://host:port/vhost` of the node the current (or last)
+    /// connection went to: with several nodes, the one that answered.
+    pub fn connected_node(&self) -> String {
+        self.inner
+            .connected_node
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -184,35 +200,64 @@ impl Inner {
         let started = Instant::now();
         let deadline = started + bound;
         let mut attempt = 0;
+        let nodes = self.config.nodes.len().max(1);
         loop {
             attempt += 1;
-            let props = ConnectionProperties::default()
-                .with_connection_name(self.config.options.connection_name.as_str().into());
-            let left = deadline.saturating_duration_since(Instant::now());
-            let result = tokio::time::timeout(left, Connection::connect(&self.config.uri(), props)).await;
-            let err = match result {
-                Ok(Ok(c)) => {
-                    let c = Arc::new(c);
-                    let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                    if generation > 1 {
-                        tracing::info!(endpoint = %self.endpoint, generation, "reconnected to RabbitMQ");
+            // One pass over the nodes, from the one after the node last
+            // connected to (the first node at first).
+            let mut err = None;
+            for step in 0..nodes {
+                let node = (self.next_node.load(Ordering::Acquire) + step) % nodes;
+                let props = ConnectionProperties::default()
+                    .with_connection_name(self.config.options.connection_name.as_str().into());
+                let left = deadline.saturating_duration_since(Instant::now());
+                // A node that does not answer leaves time for the others.
+                let each = if nodes > 1 { left.min(bound / 2) } else { left };
+                let result =
+                    tokio::time::timeout(each, Connection::connect(&self.config.node_uri(node), props)).await;
+                let endpoint = self.config.node_endpoint(node);
+                let e = match result {
+                    Ok(Ok(c)) => {
+                        let c = Arc::new(c);
+                        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                        if generation > 1 {
+                            tracing::info!(endpoint = %endpoint, generation, "reconnected to RabbitMQ");
+                        }
+                        self.next_node.store((node + 1) % nodes, Ordering::Release);
+                        *self.connected_node.lock().unwrap_or_else(PoisonError::into_inner) = endpoint;
+                        *conn = Some((generation, c.clone()));
+                        return Ok((generation, c));
                     }
-                    *conn = Some((generation, c.clone()));
-                    return Ok((generation, c));
+                    Ok(Err(e)) => map(e, "connect", &endpoint),
+                    Err(_) => Error::Connection {
+                        backend: "rabbitmq",
+                        endpoint: endpoint.clone(),
+                        reason: format!(
+                            "no connection within {:?} (connect_timeout_ms; tries: {attempt})",
+                            if nodes > 1 { each } else { bound }
+                        ),
+                        source: None,
+                    },
+                };
+                // Only a failure to reach the server may heal: refused
+                // credentials, a missing virtual host and the like do not.
+                if !matches!(e, Error::Connection { .. }) {
+                    return Err(e);
                 }
-                Ok(Err(e)) => map(e, "connect", &self.endpoint),
-                Err(_) => Error::Connection {
-                    backend: "rabbitmq",
-                    endpoint: self.endpoint.clone(),
-                    reason: format!("no connection within {bound:?} (connect_timeout_ms; tries: {attempt})"),
-                    source: None,
-                },
-            };
-            // Only a failure to reach the server may heal: refused
-            // credentials, a missing virtual host and the like do not.
-            if !matches!(err, Error::Connection { .. }) {
-                return Err(err);
+                if nodes > 1 {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "RabbitMQ node unreachable; trying the next");
+                }
+                err = Some(e);
+                if Instant::now() >= deadline {
+                    break;
+                }
             }
+            let err = err.unwrap_or_else(|| Error::Connection {
+                backend: "rabbitmq",
+                endpoint: self.endpoint.clone(),
+                reason: format!("no connection within {bound:?} (connect_timeout_ms; tries: {attempt})"),
+                source: None,
+            });
             match self.retry.next_delay(attempt, started.elapsed(), &err) {
                 Some(delay) if !self.is_closed() && Instant::now() + delay < deadline => {
                     tracing::warn!(endpoint = %self.endpoint, error = %err, attempt, "connecting to RabbitMQ failed; trying again");
@@ -544,11 +589,8 @@ impl Broker for RabbitBroker {
             )
             .await
             .map_err(|e| map(e, "health probe", &self.inner.endpoint))?;
-        Ok(Health::new(
-            "rabbitmq",
-            self.inner.endpoint.clone(),
-            started.elapsed(),
-        ))
+        // The node that answered (one of several, for a cluster).
+        Ok(Health::new("rabbitmq", self.connected_node(), started.elapsed()))
     }
 
     /// A passive declaration of the group's queue (`{topic}.{group}`, or the

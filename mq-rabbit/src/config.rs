@@ -8,6 +8,14 @@ use serde::Deserialize;
 /// Where and how to connect, from an `amqp://` or `amqps://` URL:
 /// `amqp://[user[:password]@]host[:port][/vhost][?option=value...]`.
 ///
+/// **Clusters**: several hosts (`amqp://u:p@h1:5672,h2:5673/vhost`) are the
+/// nodes of one RabbitMQ cluster. mq connects to the first that answers and,
+/// when that connection is lost, tries the next node first (then the rest,
+/// in order), so producers and consumers carry on on another node. Use
+/// `queue_type=quorum` there: a classic queue lives on one node and is gone
+/// with it, a quorum queue is replicated and keeps its messages and its
+/// consumers' place.
+///
 /// | option | meaning | default |
 /// |---|---|---|
 /// | `queue_type` | `classic` or `quorum` for group queues | `classic` |
@@ -35,10 +43,13 @@ use serde::Deserialize;
 pub struct RabbitConfig {
     /// `true` for `amqps://`.
     pub tls: bool,
-    /// Host.
+    /// Host (of the first node, for several).
     pub host: String,
     /// Port (5672, or 5671 for TLS, when absent).
     pub port: u16,
+    /// Every host and port of the URL, the first being [`Self::host`] and
+    /// [`Self::port`]: the nodes of a cluster, tried in turn.
+    pub nodes: Vec<(String, u16)>,
     /// User name (`guest` when absent).
     pub username: String,
     /// Password (`guest` when absent).
@@ -151,7 +162,7 @@ impl RabbitConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidUrl`] for another scheme or several hosts;
+    /// [`Error::InvalidUrl`] for another scheme;
     /// [`Error::UnknownOption`] and [`Error::InvalidOption`] for bad options.
     pub fn from_url(url: &BrokerUrl) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidUrl {
@@ -168,11 +179,15 @@ impl RabbitConfig {
             }
         };
         let default_port = if tls { 5671 } else { 5672 };
-        let (host, port) = match url.hosts() {
-            [] => ("127.0.0.1".to_string(), default_port),
-            [one] => (one.host.clone(), one.port.unwrap_or(default_port)),
-            _ => return Err(invalid("give one RabbitMQ host".into())),
-        };
+        let mut nodes: Vec<(String, u16)> = url
+            .hosts()
+            .iter()
+            .map(|h| (h.host.clone(), h.port.unwrap_or(default_port)))
+            .collect();
+        if nodes.is_empty() {
+            nodes.push(("127.0.0.1".to_string(), default_port));
+        }
+        let (host, port) = nodes[0].clone();
         let vhost = match url.path() {
             "" | "/" => "/".to_string(),
             path => path[1..].to_string(),
@@ -249,6 +264,7 @@ impl RabbitConfig {
             tls,
             host,
             port,
+            nodes,
             username: url.username().unwrap_or("guest").to_string(),
             password: url.password().cloned().unwrap_or_else(|| Secret::new("guest")),
             vhost,
@@ -256,38 +272,64 @@ impl RabbitConfig {
         })
     }
 
-    /// `amqp://host:port/vhost`, for messages (no credentials).
+    /// `amqp://host:port[,host:port...]/vhost`, for messages (no credentials).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "amqps" } else { "amqp" };
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(h, p)| format!("{}:{p}", bracketed(h)))
+            .collect();
         format!(
-            "{scheme}://{}:{}/{}",
-            self.host,
-            self.port,
+            "{scheme}://{}/{}",
+            hosts.join(","),
             self.vhost.trim_start_matches('/')
         )
     }
 
-    /// The URI lapin connects with, password included. Never log it.
-    pub(crate) fn uri(&self) -> String {
+    /// `amqp://host:port/vhost` of node `i` (of [`Self::nodes`]), for messages.
+    pub(crate) fn node_endpoint(&self, i: usize) -> String {
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        let (host, port) = self.node(i);
+        format!(
+            "{scheme}://{}:{port}/{}",
+            bracketed(host),
+            self.vhost.trim_start_matches('/')
+        )
+    }
+
+    fn node(&self, i: usize) -> (&str, u16) {
+        self.nodes
+            .get(i)
+            .map_or((self.host.as_str(), self.port), |(h, p)| (h.as_str(), *p))
+    }
+
+    /// The URI of node `i`, password included. Never log it.
+    pub(crate) fn node_uri(&self, i: usize) -> String {
         use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
         let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
         let scheme = if self.tls { "amqps" } else { "amqp" };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let (host, port) = self.node(i);
         let mut uri = format!(
-            "{scheme}://{}:{}@{host}:{}/{}",
+            "{scheme}://{}:{}@{}:{port}/{}",
             enc(&self.username),
             enc(self.password.expose()),
-            self.port,
+            bracketed(host),
             enc(&self.vhost)
         );
         if let Some(heartbeat) = self.options.heartbeat {
             uri.push_str(&format!("?heartbeat={heartbeat}"));
         }
         uri
+    }
+}
+
+/// An IPv6 address in brackets, for a URL.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
     }
 }
 
@@ -310,13 +352,24 @@ mod tests {
             parse("amqp://h?topology=queue").unwrap().options.topology,
             "queue"
         );
-        assert_eq!(c.uri(), "amqps://app:p%40ss@mq:5671/prod");
+        assert_eq!(c.node_uri(0), "amqps://app:p%40ss@mq:5671/prod");
         let d = parse("amqp://localhost").unwrap();
         assert_eq!(
             (d.port, d.vhost.as_str(), d.username.as_str()),
             (5672, "/", "guest")
         );
-        assert_eq!(d.uri(), "amqp://guest:guest@localhost:5672/%2F");
+        assert_eq!(d.node_uri(0), "amqp://guest:guest@localhost:5672/%2F");
+    }
+
+    #[test]
+    fn several_hosts_are_the_nodes_of_a_cluster() {
+        let c = parse("amqp://u:pw@r1:5672,r2:5673,[::1]/prod?queue_type=quorum").unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!((c.host.as_str(), c.port), ("r1", 5672));
+        assert_eq!(c.endpoint(), "amqp://r1:5672,r2:5673,[::1]:5672/prod");
+        assert_eq!(c.node_endpoint(1), "amqp://r2:5673/prod");
+        assert_eq!(c.node_uri(2), "amqp://u:pw@[::1]:5672/prod");
+        assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
     }
 
     #[test]
@@ -330,6 +383,7 @@ mod tests {
             ("amqp://u:secretpw@h?prefetch=70000", "1 to 65535"),
             ("amqp://u:secretpw@h?topology=stream", "`exchange` or `queue`"),
             ("amqp://u:secretpw@h?exchange_type=headers", "`fanout`"),
+            ("amqp://u:secretpw@h1,h2?queue_type=stream", "classic"),
         ] {
             let err = parse(url).unwrap_err().to_string();
             assert!(err.contains(needle), "{url}: {err}");

@@ -159,6 +159,41 @@ impl Node {
         self.run();
     }
 
+    /// Makes this node a member of `seed`'s cluster (stop_app, reset,
+    /// join_cluster, start_app).
+    pub(crate) fn join(&self, seed: &Node) {
+        for args in [
+            vec!["stop_app"],
+            vec!["reset"],
+            vec!["join_cluster", seed.name.as_str()],
+            vec!["start_app"],
+        ] {
+            let out = self.rabbitmqctl(&args);
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {args:?} on {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = self.rabbitmqctl(&["--timeout", "120", "await_startup"]);
+        assert!(
+            out.status.success(),
+            "node {} did not start after joining",
+            self.name
+        );
+    }
+
+    /// The cluster's running nodes, as this node sees them.
+    pub(crate) fn running_nodes(&self) -> usize {
+        let out = self.rabbitmqctl(&["cluster_status", "--formatter", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("\"running_nodes\":[")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .map_or(0, |list| list.matches('@').count())
+    }
+
     /// Its URL, trying again long enough to ride through a restart.
     pub(crate) fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f?retries=40", self.port)
