@@ -622,9 +622,24 @@ impl Broker for RabbitBroker {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let conn = self.inner.conn.lock().await.take();
+        // Bounded: a connection whose server stopped answering (a node
+        // going away) never sends its close-ok, and a reconnect in progress
+        // holds the lock for up to the connect timeout.
+        let bound = self.inner.config.options.connect_timeout() + CLOSING_CHANNELS;
+        let conn = match tokio::time::timeout(bound, self.inner.conn.lock()).await {
+            Ok(mut slot) => slot.take(),
+            Err(_) => {
+                tracing::warn!(endpoint = %self.inner.endpoint, "closing: the connection is busy reconnecting; left to drop");
+                return Ok(());
+            }
+        };
         if let Some((_, conn)) = conn {
-            close_connection(&conn, &self.inner.endpoint).await?;
+            match tokio::time::timeout(bound, close_connection(&conn, &self.inner.endpoint)).await {
+                Ok(closed) => closed?,
+                Err(_) => {
+                    tracing::warn!(endpoint = %self.inner.endpoint, after = ?bound, "closing: the server did not answer the connection close; dropped it");
+                }
+            }
         }
         Ok(())
     }

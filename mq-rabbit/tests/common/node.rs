@@ -211,6 +211,9 @@ impl Drop for Node {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // MQ_TEST_KEEP_NODE_DIRS=1 keeps the node's logs for a post-mortem.
+        if std::env::var_os("MQ_TEST_KEEP_NODE_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
