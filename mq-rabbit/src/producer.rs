@@ -123,7 +123,11 @@ impl RabbitProducer {
             .inner
             .bounded(&what, self.publish_on(&channel, topic, messages, chunk, receipts))
             .await;
-        if matches!(result, Err(Error::Connection { .. })) {
+        // A lost connection, and a refusal: a channel whose publishes are
+        // nacked is replaced, since on a cluster it may keep refusing after
+        // a queue's leader moved (a new channel finds the new leader).
+        let refused = matches!(&result, Err(Error::Backend { retryable: true, .. }));
+        if matches!(result, Err(Error::Connection { .. })) || refused {
             self.forget(slot, &channel).await;
         }
         result
