@@ -28,67 +28,48 @@ impl std::fmt::Debug for RedisConnection {
     }
 }
 
-impl ConnectionLike for RedisConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConnection::Single(c) => c.req_packed_command(cmd),
-            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
+/// `ConnectionLike` for an enum of a one-server and a cluster connection,
+/// by delegation to the variant's.
+macro_rules! delegate_connection_like {
+    ($ty:ident) => {
+        impl ConnectionLike for $ty {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    $ty::Single(c) => c.req_packed_command(cmd),
+                    $ty::Cluster(c) => c.req_packed_command(cmd),
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
-            RedisConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                cmd: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    $ty::Single(c) => c.req_packed_commands(cmd, offset, count),
+                    $ty::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            RedisConnection::Single(c) => c.get_db(),
-            RedisConnection::Cluster(c) => c.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    $ty::Single(c) => c.get_db(),
+                    $ty::Cluster(c) => c.get_db(),
+                }
+            }
         }
-    }
+    };
 }
+
+delegate_connection_like!(RedisConnection);
+delegate_connection_like!(ReaderConnection);
 
 /// A consumer's own connection for blocking reads (no response timeout).
 #[derive(Clone)]
 pub(crate) enum ReaderConnection {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for ReaderConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            ReaderConnection::Single(c) => c.req_packed_command(cmd),
-            ReaderConnection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            ReaderConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
-            ReaderConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            ReaderConnection::Single(c) => c.get_db(),
-            ReaderConnection::Cluster(c) => c.get_db(),
-        }
-    }
 }
 
 impl RedisConnection {

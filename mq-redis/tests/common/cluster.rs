@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::server::free_port;
+use super::server::{free_port, wait_for_port};
 
 struct Node {
     child: Option<Child>,
@@ -48,15 +48,7 @@ impl Node {
             .spawn()
             .expect("redis-server on PATH (scripts/test.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(self.port);
     }
 }
 

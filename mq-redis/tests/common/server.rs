@@ -15,6 +15,18 @@ pub(crate) struct Server {
     args: Vec<String>,
 }
 
+/// Waits (at most 20 s) until a server listens on loopback `port`.
+pub(crate) fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on port {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A free loopback port (free when this returns; the server binds it next).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -82,15 +94,7 @@ impl Server {
             .spawn()
             .expect("redis-server on PATH (scripts/test.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(self.port);
     }
 
     /// SIGKILL, and wait until the process is gone.
