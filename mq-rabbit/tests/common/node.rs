@@ -114,12 +114,20 @@ impl Node {
         );
     }
 
+    /// The PID from the node's pid file, if that process is still this
+    /// node's Erlang VM (a stale file's PID may belong to another process
+    /// by now, which must not be killed).
     fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join("pid"))
+        let pid: i32 = std::fs::read_to_string(self.dir.join("pid"))
             .ok()?
             .trim()
             .parse()
-            .ok()
+            .ok()?;
+        // The node's VM inherits the environment it was started with.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        String::from_utf8_lossy(&environ)
+            .contains(&format!("RABBITMQ_NODENAME={}", self.name))
+            .then_some(pid)
     }
 
     /// Stops the node (by its PID file) and waits until its ports are free.
@@ -139,7 +147,9 @@ impl Node {
     /// Kills the node with SIGKILL (by its PID) and waits until its ports
     /// are free: no graceful shutdown, as a crash or an OOM kill.
     pub(crate) fn kill(&self) {
-        let pid = self.pid().expect("the node's PID file");
+        let pid = self
+            .pid()
+            .expect("the node is running (its pid file names its VM)");
         let status = Command::new("kill")
             .args(["-9", &pid.to_string()])
             .status()
