@@ -15,6 +15,7 @@
 //! | dead letter | a copy with reason headers to the dead-letter topic's exchange (kept in a queue named after it if no group reads it yet) |
 //! | crashed consumer | its channel closes; RabbitMQ requeues its unacked deliveries (`redelivered`, `x-delivery-count` on quorum) |
 //! | reconnect | a new connection; publishes that were in flight are sent again; consumers consume again |
+//! | cluster | several hosts are its nodes: the first that answers, and after a lost connection the next one first; quorum queues keep messages when a node goes |
 //!
 //! ```no_run
 //! # async fn run() -> mq_core::Result<()> {

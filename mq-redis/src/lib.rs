@@ -17,6 +17,8 @@
 //! | crashed consumer | XAUTOCLAIM of entries idle longer than the ack timeout |
 //! | prefetch | unsettled deliveries per consumer; reads ask only for that many |
 //! | reconnect | the shared connection reconnects and the failed command is retried; the reader reconnects |
+//! | Redis Cluster | several hosts or `cluster=true`: redis-rs's cluster client; every key of a topic in one slot (`{prefix}{{topic}}...`); a cluster connection whose command times out is replaced |
+//! | replication | `wait_replicas=n`: a send, requeue or dead letter is confirmed once `WAIT` says `n` replicas have it |
 //!
 //! ```no_run
 //! # async fn run() -> mq_core::Result<()> {
