@@ -54,6 +54,7 @@ pub mod codec;
 mod config;
 mod consumer;
 mod delivery;
+pub mod dlq;
 mod error;
 pub mod headers;
 mod health;
