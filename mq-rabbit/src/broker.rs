@@ -200,22 +200,26 @@ impl Inner {
         let started = Instant::now();
         let deadline = started + bound;
         let mut attempt = 0;
-        let nodes = self.config.nodes.len().max(1);
+        let nodes = self.config.nodes();
         loop {
             attempt += 1;
             // One pass over the nodes, from the one after the node last
             // connected to (the first node at first).
             let mut err = None;
-            for step in 0..nodes {
-                let node = (self.next_node.load(Ordering::Acquire) + step) % nodes;
+            for step in 0..nodes.len() {
+                let node = (self.next_node.load(Ordering::Acquire) + step) % nodes.len();
                 let props = ConnectionProperties::default()
                     .with_connection_name(self.config.options.connection_name.as_str().into());
                 let left = deadline.saturating_duration_since(Instant::now());
                 // A node that does not answer leaves time for the others.
-                let each = if nodes > 1 { left.min(bound / 2) } else { left };
-                let result =
-                    tokio::time::timeout(each, Connection::connect(&self.config.node_uri(node), props)).await;
-                let endpoint = self.config.node_endpoint(node);
+                let each = if nodes.len() > 1 {
+                    left.min(bound / 2)
+                } else {
+                    left
+                };
+                let uri = self.config.node_uri(&nodes[node]);
+                let result = tokio::time::timeout(each, Connection::connect(&uri, props)).await;
+                let endpoint = self.config.node_endpoint(&nodes[node]);
                 let e = match result {
                     Ok(Ok(c)) => {
                         let c = Arc::new(c);
@@ -223,7 +227,7 @@ impl Inner {
                         if generation > 1 {
                             tracing::info!(endpoint = %endpoint, generation, "reconnected to RabbitMQ");
                         }
-                        self.next_node.store((node + 1) % nodes, Ordering::Release);
+                        self.next_node.store((node + 1) % nodes.len(), Ordering::Release);
                         *self.connected_node.lock().unwrap_or_else(PoisonError::into_inner) = endpoint;
                         *conn = Some((generation, c.clone()));
                         return Ok((generation, c));
@@ -234,7 +238,7 @@ impl Inner {
                         endpoint: endpoint.clone(),
                         reason: format!(
                             "no connection within {:?} (connect_timeout_ms; tries: {attempt})",
-                            if nodes > 1 { each } else { bound }
+                            if nodes.len() > 1 { each } else { bound }
                         ),
                         source: None,
                     },
@@ -244,7 +248,7 @@ impl Inner {
                 if !matches!(e, Error::Connection { .. }) {
                     return Err(e);
                 }
-                if nodes > 1 {
+                if nodes.len() > 1 {
                     tracing::warn!(endpoint = %endpoint, error = %e, "RabbitMQ node unreachable; trying the next");
                 }
                 err = Some(e);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mq_core::{BrokerUrl, Error, Result, Secret};
+use mq_core::{BrokerUrl, Error, HostPort, Result, Secret};
 use serde::Deserialize;
 
 /// Where and how to connect, from an `amqp://` or `amqps://` URL:
@@ -47,9 +47,9 @@ pub struct RabbitConfig {
     pub host: String,
     /// Port (5672, or 5671 for TLS, when absent).
     pub port: u16,
-    /// Every host and port of the URL, the first being [`Self::host`] and
-    /// [`Self::port`]: the nodes of a cluster, tried in turn.
-    pub nodes: Vec<(String, u16)>,
+    /// The URL's further hosts, each with its port: with the first
+    /// ([`Self::host`], [`Self::port`]), the nodes of a cluster, tried in turn.
+    pub other_nodes: Vec<HostPort>,
     /// User name (`guest` when absent).
     pub username: String,
     /// Password (`guest` when absent).
@@ -179,15 +179,21 @@ impl RabbitConfig {
             }
         };
         let default_port = if tls { 5671 } else { 5672 };
-        let mut nodes: Vec<(String, u16)> = url
+        let (host, port) = url
+            .hosts()
+            .first()
+            .map_or(("127.0.0.1".to_string(), default_port), |h| {
+                (h.host.clone(), h.port.unwrap_or(default_port))
+            });
+        let other_nodes: Vec<HostPort> = url
             .hosts()
             .iter()
-            .map(|h| (h.host.clone(), h.port.unwrap_or(default_port)))
+            .skip(1)
+            .map(|h| HostPort {
+                host: h.host.clone(),
+                port: Some(h.port.unwrap_or(default_port)),
+            })
             .collect();
-        if nodes.is_empty() {
-            nodes.push(("127.0.0.1".to_string(), default_port));
-        }
-        let (host, port) = nodes[0].clone();
         let vhost = match url.path() {
             "" | "/" => "/".to_string(),
             path => path[1..].to_string(),
@@ -264,7 +270,7 @@ impl RabbitConfig {
             tls,
             host,
             port,
-            nodes,
+            other_nodes,
             username: url.username().unwrap_or("guest").to_string(),
             password: url.password().cloned().unwrap_or_else(|| Secret::new("guest")),
             vhost,
@@ -272,64 +278,48 @@ impl RabbitConfig {
         })
     }
 
+    /// Every node: [`Self::host`]:[`Self::port`], then [`Self::other_nodes`].
+    pub fn nodes(&self) -> Vec<HostPort> {
+        let first = HostPort {
+            host: self.host.clone(),
+            port: Some(self.port),
+        };
+        std::iter::once(first)
+            .chain(self.other_nodes.iter().cloned())
+            .collect()
+    }
+
     /// `amqp://host:port[,host:port...]/vhost`, for messages (no credentials).
     pub fn endpoint(&self) -> String {
+        let hosts: Vec<String> = self.nodes().iter().map(HostPort::to_string).collect();
+        self.url_of(&hosts.join(","))
+    }
+
+    /// `amqp://host:port/vhost` of `node`, for messages.
+    pub(crate) fn node_endpoint(&self, node: &HostPort) -> String {
+        self.url_of(&node.to_string())
+    }
+
+    fn url_of(&self, hosts: &str) -> String {
         let scheme = if self.tls { "amqps" } else { "amqp" };
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|(h, p)| format!("{}:{p}", bracketed(h)))
-            .collect();
-        format!(
-            "{scheme}://{}/{}",
-            hosts.join(","),
-            self.vhost.trim_start_matches('/')
-        )
+        format!("{scheme}://{hosts}/{}", self.vhost.trim_start_matches('/'))
     }
 
-    /// `amqp://host:port/vhost` of node `i` (of [`Self::nodes`]), for messages.
-    pub(crate) fn node_endpoint(&self, i: usize) -> String {
-        let scheme = if self.tls { "amqps" } else { "amqp" };
-        let (host, port) = self.node(i);
-        format!(
-            "{scheme}://{}:{port}/{}",
-            bracketed(host),
-            self.vhost.trim_start_matches('/')
-        )
-    }
-
-    fn node(&self, i: usize) -> (&str, u16) {
-        self.nodes
-            .get(i)
-            .map_or((self.host.as_str(), self.port), |(h, p)| (h.as_str(), *p))
-    }
-
-    /// The URI of node `i`, password included. Never log it.
-    pub(crate) fn node_uri(&self, i: usize) -> String {
+    /// The URI of `node`, password included. Never log it.
+    pub(crate) fn node_uri(&self, node: &HostPort) -> String {
         use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
         let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
         let scheme = if self.tls { "amqps" } else { "amqp" };
-        let (host, port) = self.node(i);
         let mut uri = format!(
-            "{scheme}://{}:{}@{}:{port}/{}",
+            "{scheme}://{}:{}@{node}/{}",
             enc(&self.username),
             enc(self.password.expose()),
-            bracketed(host),
             enc(&self.vhost)
         );
         if let Some(heartbeat) = self.options.heartbeat {
             uri.push_str(&format!("?heartbeat={heartbeat}"));
         }
         uri
-    }
-}
-
-/// An IPv6 address in brackets, for a URL.
-fn bracketed(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
     }
 }
 
@@ -352,23 +342,24 @@ mod tests {
             parse("amqp://h?topology=queue").unwrap().options.topology,
             "queue"
         );
-        assert_eq!(c.node_uri(0), "amqps://app:p%40ss@mq:5671/prod");
+        assert_eq!(c.node_uri(&c.nodes()[0]), "amqps://app:p%40ss@mq:5671/prod");
         let d = parse("amqp://localhost").unwrap();
         assert_eq!(
             (d.port, d.vhost.as_str(), d.username.as_str()),
             (5672, "/", "guest")
         );
-        assert_eq!(d.node_uri(0), "amqp://guest:guest@localhost:5672/%2F");
+        assert_eq!(d.node_uri(&d.nodes()[0]), "amqp://guest:guest@localhost:5672/%2F");
     }
 
     #[test]
     fn several_hosts_are_the_nodes_of_a_cluster() {
         let c = parse("amqp://u:pw@r1:5672,r2:5673,[::1]/prod?queue_type=quorum").unwrap();
-        assert_eq!(c.nodes.len(), 3);
+        let nodes = c.nodes();
+        assert_eq!(nodes.len(), 3);
         assert_eq!((c.host.as_str(), c.port), ("r1", 5672));
         assert_eq!(c.endpoint(), "amqp://r1:5672,r2:5673,[::1]:5672/prod");
-        assert_eq!(c.node_endpoint(1), "amqp://r2:5673/prod");
-        assert_eq!(c.node_uri(2), "amqp://u:pw@[::1]:5672/prod");
+        assert_eq!(c.node_endpoint(&nodes[1]), "amqp://r2:5673/prod");
+        assert_eq!(c.node_uri(&nodes[2]), "amqp://u:pw@[::1]:5672/prod");
         assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
     }
 

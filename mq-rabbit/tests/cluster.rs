@@ -140,7 +140,7 @@ async fn several_hosts_connect_to_the_first_that_answers() {
     let broker = connect(&url).await;
     let node = broker.connected_node();
     assert!(!node.contains(&format!(":{dead}/")), "{node}");
-    assert_eq!(broker.config().nodes.len(), 2);
+    assert_eq!(broker.config().nodes().len(), 2);
     let health = broker.health().await.expect("the second host answers");
     assert_eq!(health.endpoint, node, "health names the node that answered");
     broker.close().await.expect("close");

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mq_core::url::HostPort;
 use mq_core::{BrokerUrl, Error, Result, Secret};
 use serde::Deserialize;
 
@@ -55,9 +56,9 @@ pub struct RedisConfig {
     pub port: u16,
     /// `true`: a Redis Cluster, reached through every node of [`Self::nodes`].
     pub cluster: bool,
-    /// Every host and port of the URL, the first being [`Self::host`] and
-    /// [`Self::port`] (the seed nodes of a cluster).
-    pub nodes: Vec<(String, u16)>,
+    /// The URL's further hosts, each with its port: with the first
+    /// ([`Self::host`], [`Self::port`]), the seed nodes of a cluster.
+    pub other_nodes: Vec<HostPort>,
     /// ACL user name.
     pub username: Option<String>,
     /// Password.
@@ -190,25 +191,28 @@ impl RedisConfig {
                 )));
             }
         };
-        let mut nodes: Vec<(String, u16)> = url
+        let (host, port) = url.hosts().first().map_or(("127.0.0.1".to_string(), 6379), |h| {
+            (h.host.clone(), h.port.unwrap_or(6379))
+        });
+        let other_nodes: Vec<HostPort> = url
             .hosts()
             .iter()
-            .map(|h| (h.host.clone(), h.port.unwrap_or(6379)))
+            .skip(1)
+            .map(|h| HostPort {
+                host: h.host.clone(),
+                port: Some(h.port.unwrap_or(6379)),
+            })
             .collect();
-        if nodes.is_empty() {
-            nodes.push(("127.0.0.1".to_string(), 6379));
-        }
         let cluster = match url.parse_option::<bool>("redis", "cluster")? {
-            Some(false) if nodes.len() > 1 => {
+            Some(false) if !other_nodes.is_empty() => {
                 return Err(invalid(
                     "several hosts are the nodes of a Redis Cluster: drop `cluster=false` or give one host"
                         .into(),
                 ));
             }
             Some(c) => c,
-            None => nodes.len() > 1,
+            None => !other_nodes.is_empty(),
         };
-        let (host, port) = nodes[0].clone();
         let db = match url.path().trim_start_matches('/') {
             "" => 0,
             db => db
@@ -254,7 +258,7 @@ impl RedisConfig {
             host,
             port,
             cluster,
-            nodes,
+            other_nodes,
             username: url.username().map(str::to_string),
             password: url.password().cloned(),
             db,
@@ -262,28 +266,39 @@ impl RedisConfig {
         })
     }
 
+    /// Every node of the URL: [`Self::host`]:[`Self::port`], then
+    /// [`Self::other_nodes`].
+    pub fn nodes(&self) -> Vec<HostPort> {
+        let first = HostPort {
+            host: self.host.clone(),
+            port: Some(self.port),
+        };
+        std::iter::once(first)
+            .chain(self.other_nodes.iter().cloned())
+            .collect()
+    }
+
     /// `scheme://host:port[,host:port...]/db`, for messages (no credentials).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|(h, p)| format!("{}:{p}", bracketed(h)))
-            .collect();
+        let hosts: Vec<String> = self.nodes().iter().map(HostPort::to_string).collect();
         format!("{scheme}://{}/{}", hosts.join(","), self.db)
     }
 
     /// The URL redis-rs connects with, password included. Never log it.
     pub(crate) fn client_url(&self) -> String {
-        self.node_url(&self.host, self.port)
+        self.node_url(&HostPort {
+            host: self.host.clone(),
+            port: Some(self.port),
+        })
     }
 
     /// A URL per node, passwords included, for the cluster client. Never log them.
     pub(crate) fn node_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|(h, p)| self.node_url(h, *p)).collect()
+        self.nodes().iter().map(|node| self.node_url(node)).collect()
     }
 
-    fn node_url(&self, host: &str, port: u16) -> String {
+    fn node_url(&self, node: &HostPort) -> String {
         use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
         let scheme = if self.tls { "rediss" } else { "redis" };
         let mut auth = String::new();
@@ -297,22 +312,13 @@ impl RedisConfig {
             }
             auth.push('@');
         }
-        format!("{scheme}://{auth}{}:{port}/{}", bracketed(host), self.db)
+        format!("{scheme}://{auth}{node}/{}", self.db)
     }
 
     /// How long a write's confirmation waits for replicas, when it does.
     pub(crate) fn wait_replicas(&self) -> Option<(u32, u64)> {
         (self.options.wait_replicas > 0)
             .then_some((self.options.wait_replicas, self.options.wait_timeout_ms.max(1)))
-    }
-}
-
-/// An IPv6 address in brackets, for a URL.
-fn bracketed(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
     }
 }
 
@@ -361,7 +367,7 @@ mod tests {
     fn several_hosts_are_a_cluster() {
         let c = parse("redis://:pw@10.0.0.1:7000,10.0.0.2:7001,[::1]?wait_replicas=1").unwrap();
         assert!(c.cluster);
-        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.nodes().len(), 3);
         assert_eq!((c.host.as_str(), c.port), ("10.0.0.1", 7000));
         assert_eq!(c.endpoint(), "redis://10.0.0.1:7000,10.0.0.2:7001,[::1]:6379/0");
         assert_eq!(
@@ -374,7 +380,7 @@ mod tests {
         );
         assert_eq!(c.wait_replicas(), Some((1, 2000)));
         let seed = parse("redis://h:7000?cluster=true").unwrap();
-        assert!(seed.cluster && seed.nodes.len() == 1);
+        assert!(seed.cluster && seed.nodes().len() == 1);
         assert!(!parse("redis://h").unwrap().cluster);
         assert_eq!(parse("redis://h").unwrap().wait_replicas(), None);
     }
