@@ -104,19 +104,14 @@ impl RedisBroker {
         // Each try, and the retries between them, are bounded as a whole.
         let bound =
             opts.connect_timeout() * (opts.retries + 1) + Duration::from_secs(u64::from(opts.retries));
-        let connecting = async {
-            if config.cluster {
-                connect_cluster(&config, &endpoint).await
-            } else {
-                connect_single(&config, &endpoint).await
-            }
-        };
-        let (conn, clients) = match tokio::time::timeout(bound, connecting).await {
-            Ok(Ok(connected)) => {
+        let clients = Clients::new(&config).map_err(|e| map(e, "open client", &endpoint))?;
+        let conn = match tokio::time::timeout(bound, clients.open()).await {
+            Ok(Ok(conn)) => {
                 tracing::debug!(endpoint = %endpoint, config = ?config, "connected to Redis");
-                connected
+                conn
             }
             Ok(Err(e)) => {
+                let e = map(e, "connect", &endpoint);
                 tracing::debug!(endpoint = %endpoint, error = %e, "connecting to Redis failed");
                 return Err(e);
             }
@@ -170,56 +165,52 @@ impl RedisBroker {
     }
 }
 
-/// One server, through the connection manager (it reconnects, and retries
-/// the first connection too).
-async fn connect_single(config: &RedisConfig, endpoint: &str) -> Result<(RedisConnection, Clients)> {
-    let opts = &config.options;
-    let client = redis::Client::open(config.client_url()).map_err(|e| map(e, "open client", endpoint))?;
-    let manager = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(opts.connect_timeout()))
-        .set_response_timeout(Some(opts.response_timeout()))
-        .set_number_of_retries(opts.retries as usize)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(1));
-    let conn = client
-        .get_connection_manager_with_config(manager.clone())
-        .await
-        .map_err(|e| map(e, "connect", endpoint))?;
-    Ok((RedisConnection::Single(conn), Clients::Single { client, manager }))
-}
-
-/// A cluster client for `config`'s seed nodes; `response_timeout` `None`
-/// for blocking reads.
-fn cluster_client(
-    config: &RedisConfig,
-    response_timeout: Option<Duration>,
-) -> redis::RedisResult<ClusterClient> {
-    let opts = &config.options;
-    let mut builder = ClusterClientBuilder::new(config.node_urls())
-        .retries(opts.retries)
-        .min_retry_wait(50)
-        .max_retry_wait(1000)
-        .connection_timeout(opts.connect_timeout());
-    if let Some(timeout) = response_timeout {
-        builder = builder.response_timeout(timeout);
+impl Clients {
+    /// The clients for `config`: one server's, through the connection
+    /// manager (it reconnects, and retries the first connection too); or a
+    /// Redis Cluster's, which read the slot map from the first seed node
+    /// that answers and follow MOVED and ASK.
+    fn new(config: &RedisConfig) -> redis::RedisResult<Clients> {
+        let opts = &config.options;
+        if !config.cluster {
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(opts.connect_timeout()))
+                .set_response_timeout(Some(opts.response_timeout()))
+                .set_number_of_retries(opts.retries as usize)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_secs(1));
+            let client = redis::Client::open(config.client_url())?;
+            return Ok(Clients::Single { client, manager });
+        }
+        let cluster = |response_timeout: Option<Duration>| {
+            let mut builder = ClusterClientBuilder::new(config.node_urls())
+                .retries(opts.retries)
+                .min_retry_wait(50)
+                .max_retry_wait(1000)
+                .connection_timeout(opts.connect_timeout());
+            if let Some(timeout) = response_timeout {
+                builder = builder.response_timeout(timeout);
+            }
+            builder.build()
+        };
+        Ok(Clients::Cluster {
+            shared: cluster(Some(opts.response_timeout()))?,
+            readers: cluster(None)?,
+        })
     }
-    builder.build()
-}
 
-/// A Redis Cluster, through redis-rs's cluster client: it reads the slot
-/// map from the first seed node that answers and follows MOVED and ASK.
-async fn connect_cluster(config: &RedisConfig, endpoint: &str) -> Result<(RedisConnection, Clients)> {
-    let shared = cluster_client(config, Some(config.options.response_timeout()))
-        .map_err(|e| map(e, "open cluster client", endpoint))?;
-    let readers = cluster_client(config, None).map_err(|e| map(e, "open cluster client", endpoint))?;
-    let conn = shared
-        .get_async_connection()
-        .await
-        .map_err(|e| map(e, "connect to the cluster", endpoint))?;
-    Ok((
-        RedisConnection::Cluster(conn),
-        Clients::Cluster { shared, readers },
-    ))
+    /// A new connection of the shared kind.
+    async fn open(&self) -> redis::RedisResult<RedisConnection> {
+        match self {
+            Clients::Single { client, manager } => client
+                .get_connection_manager_with_config(manager.clone())
+                .await
+                .map(RedisConnection::Single),
+            Clients::Cluster { shared, .. } => {
+                shared.get_async_connection().await.map(RedisConnection::Cluster)
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -269,24 +260,24 @@ impl Inner {
     /// `WAIT n timeout` after a write, when `wait_replicas` asks for it
     /// (in the same pipeline, so it reaches the node that took the write).
     pub(crate) fn add_wait(&self, pipe: &mut redis::Pipeline) -> bool {
-        match self.config.wait_replicas() {
-            Some((replicas, timeout_ms)) => {
-                pipe.cmd("WAIT").arg(replicas).arg(timeout_ms);
-                true
-            }
-            None => false,
-        }
+        self.wait_cmd().map(|cmd| pipe.add_command(cmd)).is_some()
+    }
+
+    /// `WAIT n timeout`, when `wait_replicas` asks for it.
+    fn wait_cmd(&self) -> Option<redis::Cmd> {
+        let (replicas, timeout_ms) = self.config.wait_replicas()?;
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout_ms);
+        Some(cmd)
     }
 
     /// `WAIT`s (when `wait_replicas` asks for it) on the node owning `key`
     /// until its replicas have the writes made so far.
     /// It must run on the connection that made the writes.
     pub(crate) async fn wait_for_replicas(&self, conn: &Slot, what: &str, key: &str) -> Result<()> {
-        let Some((replicas, timeout_ms)) = self.config.wait_replicas() else {
+        let Some(cmd) = self.wait_cmd() else {
             return Ok(());
         };
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(replicas).arg(timeout_ms);
         let acked: i64 = conn
             .get()
             .1
@@ -392,18 +383,7 @@ impl Inner {
     /// timeout).
     async fn open_connection(&self) -> redis::RedisResult<RedisConnection> {
         let bound = self.config.options.connect_timeout() * 2;
-        let opening = async {
-            match &self.clients {
-                Clients::Single { client, manager } => client
-                    .get_connection_manager_with_config(manager.clone())
-                    .await
-                    .map(RedisConnection::Single),
-                Clients::Cluster { shared, .. } => {
-                    shared.get_async_connection().await.map(RedisConnection::Cluster)
-                }
-            }
-        };
-        match tokio::time::timeout(bound, opening).await {
+        match tokio::time::timeout(bound, self.clients.open()).await {
             Ok(conn) => conn,
             Err(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
@@ -412,16 +392,24 @@ impl Inner {
         }
     }
 
-    /// A connection of its own for writes that `WAIT` for replicas (see
-    /// [`Clients`]).
-    pub(crate) async fn write_connection(&self) -> Result<Slot> {
-        self.open_connection().await.map(Slot::new).map_err(|e| {
-            map(
-                e,
-                "open a connection for writes that wait for replicas",
-                &self.endpoint,
-            )
+    /// Where a producer's or consumer's writes go: the shared connection,
+    /// or with `wait_replicas` a connection of its own (kept in `own`,
+    /// opened on first use), as a `WAIT` holds up its connection on the
+    /// server (see [`Clients`]).
+    pub(crate) async fn write_slot<'a>(&'a self, own: &'a tokio::sync::OnceCell<Slot>) -> Result<&'a Slot> {
+        if self.config.wait_replicas().is_none() {
+            return Ok(&self.conn);
+        }
+        own.get_or_try_init(|| async {
+            self.open_connection().await.map(Slot::new).map_err(|e| {
+                map(
+                    e,
+                    "open a connection for writes that wait for replicas",
+                    &self.endpoint,
+                )
+            })
         })
+        .await
     }
 
     async fn retrying<T, F, Fut>(&self, slot: &Slot, what: &str, mut call: F) -> Result<T>

@@ -29,7 +29,7 @@ impl std::fmt::Debug for RedisConnection {
 }
 
 /// `ConnectionLike` for an enum of a one-server and a cluster connection,
-/// by delegation to the variant's.
+/// by delegation to the variant's, and `query_at`.
 macro_rules! delegate_connection_like {
     ($ty:ident) => {
         impl ConnectionLike for $ty {
@@ -59,6 +59,23 @@ macro_rules! delegate_connection_like {
                 }
             }
         }
+
+        impl $ty {
+            /// Runs a keyless `cmd` (`CLIENT ID`, `CLIENT UNBLOCK`, `WAIT`)
+            /// on the primary that owns `key`'s slot (so it reaches the
+            /// node a blocking read or a write on `key` went to); on one
+            /// server, on that server.
+            pub(crate) async fn query_at<T: FromRedisValue>(
+                &mut self,
+                key: &str,
+                cmd: &Cmd,
+            ) -> RedisResult<T> {
+                match self {
+                    $ty::Single(c) => cmd.query_async(c).await,
+                    $ty::Cluster(c) => Ok(T::from_redis_value(route_to_key(c, key, cmd).await?)?),
+                }
+            }
+        }
     };
 }
 
@@ -70,28 +87,6 @@ delegate_connection_like!(ReaderConnection);
 pub(crate) enum ReaderConnection {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
-}
-
-impl RedisConnection {
-    /// Runs a keyless `cmd` (`CLIENT UNBLOCK`) on the primary that owns
-    /// `key`'s slot; on one server, on that server.
-    pub(crate) async fn query_at<T: FromRedisValue>(&mut self, key: &str, cmd: &Cmd) -> RedisResult<T> {
-        match self {
-            RedisConnection::Single(c) => cmd.query_async(c).await,
-            RedisConnection::Cluster(c) => Ok(T::from_redis_value(route_to_key(c, key, cmd).await?)?),
-        }
-    }
-}
-
-impl ReaderConnection {
-    /// As [`RedisConnection::query_at`] (`CLIENT ID` of the connection a
-    /// blocking read on `key` waits on).
-    pub(crate) async fn query_at<T: FromRedisValue>(&mut self, key: &str, cmd: &Cmd) -> RedisResult<T> {
-        match self {
-            ReaderConnection::Single(c) => cmd.query_async(c).await,
-            ReaderConnection::Cluster(c) => Ok(T::from_redis_value(route_to_key(c, key, cmd).await?)?),
-        }
-    }
 }
 
 async fn route_to_key(cluster: &mut ClusterConnection, key: &str, cmd: &Cmd) -> RedisResult<Value> {

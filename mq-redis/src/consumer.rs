@@ -82,17 +82,6 @@ impl Shared {
         *self.stop.borrow() || self.inner.is_closed()
     }
 
-    /// Where requeues and dead letters are written: the shared connection,
-    /// or with `wait_replicas` this consumer's own.
-    async fn write_slot(&self) -> Result<&Slot> {
-        if self.inner.config.wait_replicas().is_none() {
-            return Ok(&self.inner.conn);
-        }
-        self.writes
-            .get_or_try_init(|| self.inner.write_connection())
-            .await
-    }
-
     /// Atomically adds `copy` to `target` (a stream key) and settles the
     /// entry: XACK, and XDEL for a retry-stream entry (it is the group's own).
     /// On a cluster a target in another slot (a dead-letter topic) cannot
@@ -110,7 +99,7 @@ impl Shared {
         let what = format!("move entry {entry_id} of `{}` to `{target}`", self.key(source));
         let together = !self.inner.config.cluster
             || crate::conn::slot(target.as_bytes()) == crate::conn::slot(self.key(source).as_bytes());
-        let conn = self.write_slot().await?;
+        let conn = self.inner.write_slot(&self.writes).await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         if together {
@@ -182,7 +171,7 @@ impl Shared {
             inv.arg(field).arg(value);
         });
         let what = format!("delay a requeue on `{}`", self.delayed);
-        let conn = self.write_slot().await?;
+        let conn = self.inner.write_slot(&self.writes).await?;
         self.inner.run_script_on::<()>(conn, &what, &inv).await?;
         self.inner.wait_for_replicas(conn, &what, &self.delayed).await
     }

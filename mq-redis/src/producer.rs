@@ -64,10 +64,7 @@ impl RedisProducer {
             if !self.inner.add_wait(&mut pipe) {
                 return self.inner.query_pipe::<Vec<String>>(&what, &pipe).await;
             }
-            let conn = self
-                .writes
-                .get_or_try_init(|| self.inner.write_connection())
-                .await?;
+            let conn = self.inner.write_slot(&self.writes).await?;
             // The entry ids, then how many replicas have them.
             let mut replies = self
                 .inner
