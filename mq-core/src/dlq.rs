@@ -222,6 +222,51 @@ pub async fn replay(
     Ok(report)
 }
 
+/// Reads the dead letters of `dead_letter_topic` as [`replay`] would (the
+/// same group, filter, `max` and `idle`), sends nothing, and hands every
+/// one back when it returns: the dead letters a replay with `options`
+/// would send, in the order read. Those without an original topic are
+/// listed too (a replay leaves them); those not matching the filter are not.
+///
+/// # Errors
+///
+/// The first error of subscribing or receiving; nothing is settled either way.
+pub async fn list(
+    broker: &dyn Broker,
+    dead_letter_topic: &str,
+    options: &ReplayOptions,
+) -> Result<Vec<Message>> {
+    let mut consumer = broker
+        .subscribe(
+            Subscription::new(dead_letter_topic, options.group.as_str())
+                .start(StartPosition::Earliest)
+                .prefetch(options.window.max(1)),
+        )
+        .await?;
+    let mut held: Vec<Delivery> = Vec::new();
+    let mut listed = Vec::new();
+    let outcome = async {
+        while options.max.is_none_or(|max| listed.len() < max) && held.len() < options.window.max(1) {
+            let delivery = match tokio::time::timeout(options.idle, consumer.recv()).await {
+                Err(_) | Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Some(delivery))) => delivery,
+            };
+            if options.matches(delivery.message()) {
+                listed.push(delivery.message().clone());
+            }
+            held.push(delivery);
+        }
+        Ok(())
+    }
+    .await;
+    let closed = consumer.close().await;
+    drop(held);
+    outcome?;
+    closed?;
+    Ok(listed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use mq_core::dlq::{ReplayOptions, replay};
+use mq_core::dlq::{ReplayOptions, list, replay};
 use mq_core::{Broker, Consumer, Message, Nack, ProducerOptions, StartPosition, Subscription, headers};
 use mq_memory::MemoryBroker;
 
@@ -140,4 +140,40 @@ async fn replay_sends_back_exactly_the_filtered_dead_letters_and_leaves_the_rest
         (1, 0, 1),
         "{third}"
     );
+}
+
+#[tokio::test]
+async fn list_shows_what_a_replay_would_send_and_settles_nothing() {
+    let broker = MemoryBroker::new();
+    let (bad, timeout) = dead_letter_some(&broker, 6, &[1, 2, 3]).await;
+    let fast = ReplayOptions::default().idle(Duration::from_millis(200));
+
+    let all = list(&broker, "orders.dlq", &fast).await.unwrap();
+    let ids: HashSet<String> = all.iter().map(|m| m.id.clone()).collect();
+    let want: HashSet<String> = bad.iter().chain(&timeout).cloned().collect();
+    assert_eq!(ids, want);
+    assert!(
+        all.iter()
+            .all(|m| m.header(headers::ORIGINAL_TOPIC) == Some("orders"))
+    );
+
+    let only_bad = list(
+        &broker,
+        "orders.dlq",
+        &fast.clone().filter(headers::DEAD_LETTER_REASON, "bad"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        only_bad.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        bad,
+        "the filter applies"
+    );
+    let one = list(&broker, "orders.dlq", &fast.clone().max(1)).await.unwrap();
+    assert_eq!(one.len(), 1, "max applies");
+
+    // Listing settled nothing: a replay still sends every one back.
+    let report = replay(&broker, "orders.dlq", &fast).await.unwrap();
+    assert_eq!(report.replayed, 3, "{report}");
+    assert!(list(&broker, "orders.dlq", &fast).await.unwrap().is_empty());
 }
