@@ -24,6 +24,11 @@ use std::time::Duration;
 
 use crate::{Broker, Delivery, Message, ProducerOptions, Result, StartPosition, Subscription, headers};
 
+/// The group [`replay`] and [`list`] read with unless told otherwise. A
+/// backend that would drop dead letters no group reads yet (RabbitMQ) keeps
+/// them for this group.
+pub const DEFAULT_GROUP: &str = "mq-dlq-replay";
+
 /// What [`replay`] reads and sends.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -44,17 +49,23 @@ pub struct ReplayOptions {
     /// Most dead letters held unsettled at once (skipped ones stay held
     /// until the end): the subscription's prefetch.
     pub window: usize,
+    /// The subscription's ack timeout. Where the backend hands a dead
+    /// consumer's deliveries to the group only after it (Redis), a replay
+    /// that was killed leaves its held dead letters to the next replay
+    /// once this passed.
+    pub ack_timeout: Duration,
 }
 
 impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
-            group: "mq-dlq-replay".into(),
+            group: DEFAULT_GROUP.into(),
             filter: Vec::new(),
             max: None,
             dry_run: false,
             idle: Duration::from_secs(2),
             window: 10_000,
+            ack_timeout: Subscription::DEFAULT_ACK_TIMEOUT,
         }
     }
 }
@@ -85,6 +96,13 @@ impl ReplayOptions {
     #[must_use]
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
+        self
+    }
+
+    /// Reads with ack timeout `ack_timeout`.
+    #[must_use]
+    pub fn ack_timeout(mut self, ack_timeout: Duration) -> Self {
+        self.ack_timeout = ack_timeout;
         self
     }
 
@@ -172,7 +190,8 @@ pub async fn replay(
         .subscribe(
             Subscription::new(dead_letter_topic, options.group.as_str())
                 .start(StartPosition::Earliest)
-                .prefetch(options.window.max(1)),
+                .prefetch(options.window.max(1))
+                .ack_timeout(options.ack_timeout),
         )
         .await?;
     let producer = broker.producer(ProducerOptions::default()).await?;
@@ -240,7 +259,8 @@ pub async fn list(
         .subscribe(
             Subscription::new(dead_letter_topic, options.group.as_str())
                 .start(StartPosition::Earliest)
-                .prefetch(options.window.max(1)),
+                .prefetch(options.window.max(1))
+                .ack_timeout(options.ack_timeout),
         )
         .await?;
     let mut held: Vec<Delivery> = Vec::new();

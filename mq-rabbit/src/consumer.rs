@@ -92,10 +92,12 @@ impl Ctx {
         if self.publish_copy(exchange, routing_key, &dead, None).await? {
             return Ok(());
         }
-        // No group reads the dead-letter topic yet: keep dead letters in a
-        // queue named after it rather than lose them.
+        // No group reads the dead-letter topic yet: keep dead letters in
+        // the queue of the replay group (`mq dlq replay` reads it) rather
+        // than lose them.
+        let queue = self.inner.group_queue(dlq, mq_core::dlq::DEFAULT_GROUP);
         self.inner
-            .declare_queue(dlq, dlq, self.inner.group_queue_arguments())
+            .declare_queue(&queue, dlq, self.inner.group_queue_arguments())
             .await?;
         if self.publish_copy(exchange, routing_key, &dead, None).await? {
             Ok(())

@@ -12,7 +12,7 @@
 //! | ack | `basic_ack` |
 //! | requeue | a confirmed copy with attempt + 1 to the group's queue, then `basic_ack` |
 //! | delayed requeue | a copy to `{queue}.delay.{ms}` (message TTL, dead-lettering back to the group's queue) |
-//! | dead letter | a copy with reason headers to the dead-letter topic's exchange (kept in a queue named after it if no group reads it yet) |
+//! | dead letter | a copy with reason headers to the dead-letter topic's exchange (kept for the replay group `mq-dlq-replay`, in queue `{dlq}.mq-dlq-replay`, if no group reads it yet) |
 //! | crashed consumer | its channel closes; RabbitMQ requeues its unacked deliveries (`redelivered`, `x-delivery-count` on quorum) |
 //! | reconnect | a new connection; publishes that were in flight are sent again; consumers consume again |
 //! | cluster | several hosts are its nodes: the first that answers, and after a lost connection the next one first; quorum queues keep messages when a node goes |
