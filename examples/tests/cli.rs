@@ -485,7 +485,9 @@ fn bench(url: &str) {
         assert!(p50 > 0.0 && p50 <= max, "{h}: {v}");
     }
     assert!(v["receive_rate"].as_f64().unwrap() > 0.0);
-    mq_core::testkit::report(&format!("mq bench on {}: {out}", scheme(url)));
+    let text = mq_ok(&["bench", url, "--messages", "300", "--topic", &topic]);
+    assert!(text.contains("(0 duplicates, 0 missing)"), "{text}");
+    mq_core::testkit::report(&format!("$ mq bench {} --messages 300\n{text}", scheme(url)));
 }
 
 fn env_url(var: &str, how: &str) -> String {
@@ -530,16 +532,16 @@ fn kafka_send_then_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dlq() {
     let url = redis_url();
-    dlq_exact(&url, "1").await;
+    dlq_exact(&url, "3").await;
     // What the killed replay held comes back once the ack timeout passed.
-    dlq_interrupted(&url, 3000, "-KILL", "1", &["--ack-timeout", "2"]).await;
+    dlq_interrupted(&url, 3000, "-KILL", "3", &["--ack-timeout", "2"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_dlq() {
     let url = amqp_url();
-    dlq_exact(&url, "1").await;
-    dlq_interrupted(&url, 2000, "-INT", "1", &[]).await;
+    dlq_exact(&url, "3").await;
+    dlq_interrupted(&url, 2000, "-INT", "3", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,7 +549,7 @@ async fn kafka_dlq() {
     let (_cluster, servers) = common::kafka_mock();
     let url = kafka_url(&servers);
     dlq_exact(&url, "5").await;
-    dlq_interrupted(&url, 2000, "-KILL", "5", &[]).await;
+    dlq_interrupted(&url, 1000, "-KILL", "5", &[]).await;
 }
 
 #[test]

@@ -29,7 +29,7 @@ Examples:
 /// `mq bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// [URL]
+    /// The broker URL (or from --config or MQ_URL)
     #[arg(value_name = "URL", num_args = 0..=1)]
     args: Vec<String>,
     /// Messages in all.

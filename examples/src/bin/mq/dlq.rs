@@ -49,7 +49,7 @@ pub(crate) enum DlqCommand {
 /// What both commands read.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Selection {
-    /// [URL] TOPIC
+    /// The broker URL (or from --config or MQ_URL), then the topic
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
     args: Vec<String>,
     /// The group that reads the dead-letter topic.

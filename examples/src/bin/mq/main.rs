@@ -97,7 +97,7 @@ Examples:
 /// `mq lag`.
 #[derive(Debug, clap::Args)]
 struct LagArgs {
-    /// [URL] TOPIC
+    /// The broker URL (or from --config or MQ_URL), then the topic
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
     args: Vec<String>,
     /// The group.
@@ -111,7 +111,7 @@ struct LagArgs {
 /// `mq ping`.
 #[derive(Debug, clap::Args)]
 struct PingArgs {
-    /// [URL]
+    /// The broker URL (or from --config or MQ_URL)
     #[arg(value_name = "URL", num_args = 0..=1)]
     args: Vec<String>,
     /// Prints one JSON object.

@@ -23,7 +23,7 @@ Examples:
 /// `mq send`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SendArgs {
-    /// [URL] TOPIC [PAYLOAD|-]
+    /// The broker URL (or from --config or MQ_URL), the topic, the payload (`-`: stdin)
     #[arg(value_name = "ARGS", num_args = 1..=3, required = true)]
     args: Vec<String>,
     /// The message key (partition and ordering key).
@@ -113,7 +113,7 @@ pub(crate) async fn run(context: &Context, args: SendArgs) -> Result<(), Failure
             }
             let took = started.elapsed();
             println!(
-                "sent {} messages to {topic} in {:.2} s ({:.0} msg/s)",
+                "sent {} messages to {topic} in {:.3} s ({:.0} msg/s)",
                 args.count,
                 took.as_secs_f64(),
                 args.count as f64 / took.as_secs_f64().max(1e-9)

@@ -31,7 +31,7 @@ pub(crate) enum From {
 /// `mq tail`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct TailArgs {
-    /// [URL] TOPIC
+    /// The broker URL (or from --config or MQ_URL), then the topic
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
     args: Vec<String>,
     /// The group to read as.
