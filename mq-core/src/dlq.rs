@@ -113,6 +113,14 @@ impl ReplayOptions {
         self
     }
 
+    /// How the dead-letter topic is read: from the earliest for a new group.
+    fn subscription(&self, dead_letter_topic: &str) -> Subscription {
+        Subscription::new(dead_letter_topic, self.group.as_str())
+            .start(StartPosition::Earliest)
+            .prefetch(self.window.max(1))
+            .ack_timeout(self.ack_timeout)
+    }
+
     fn matches(&self, message: &Message) -> bool {
         self.filter.iter().all(|(name, text)| {
             message
@@ -186,14 +194,7 @@ pub async fn replay(
     dead_letter_topic: &str,
     options: &ReplayOptions,
 ) -> Result<ReplayReport> {
-    let mut consumer = broker
-        .subscribe(
-            Subscription::new(dead_letter_topic, options.group.as_str())
-                .start(StartPosition::Earliest)
-                .prefetch(options.window.max(1))
-                .ack_timeout(options.ack_timeout),
-        )
-        .await?;
+    let mut consumer = broker.subscribe(options.subscription(dead_letter_topic)).await?;
     let producer = broker.producer(ProducerOptions::default()).await?;
     let mut report = ReplayReport {
         dry_run: options.dry_run,
@@ -255,14 +256,7 @@ pub async fn list(
     dead_letter_topic: &str,
     options: &ReplayOptions,
 ) -> Result<Vec<Message>> {
-    let mut consumer = broker
-        .subscribe(
-            Subscription::new(dead_letter_topic, options.group.as_str())
-                .start(StartPosition::Earliest)
-                .prefetch(options.window.max(1))
-                .ack_timeout(options.ack_timeout),
-        )
-        .await?;
+    let mut consumer = broker.subscribe(options.subscription(dead_letter_topic)).await?;
     let mut held: Vec<Delivery> = Vec::new();
     let mut listed = Vec::new();
     let outcome = async {

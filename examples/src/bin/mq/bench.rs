@@ -17,7 +17,8 @@ pub(crate) const EXAMPLES: &str = "\
 Consumers (one group) subscribe first, then producers send --messages in
 all, each with up to --inflight sends unconfirmed. A payload carries its
 send time and sequence number, so the consumers measure end-to-end latency
-and count every message once. A progress bar is drawn on a terminal.
+and count every message once (messages of another run on the same topic
+are counted apart, as foreign). A progress bar is drawn on a terminal.
 The topic is new each run (`mq-bench-...`) unless --topic names one; it
 is left on the broker.
 
@@ -35,7 +36,7 @@ pub(crate) struct BenchArgs {
     /// Messages in all.
     #[arg(long, short = 'n', default_value_t = 10_000, value_name = "N")]
     messages: u64,
-    /// Payload bytes (at least 16).
+    /// Payload bytes (at least 24).
     #[arg(long, short, default_value_t = 100, value_name = "BYTES")]
     size: usize,
     /// Producer tasks, each with a producer of its own.
@@ -60,6 +61,9 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     json: bool,
 }
+
+/// The bytes at the start of a payload: send time, sequence number, run id.
+const HEADER: usize = 24;
 
 /// Latencies are recorded in microseconds, up to an hour.
 #[allow(clippy::expect_used)] // constant bounds that hdrhistogram accepts
@@ -148,10 +152,10 @@ fn json_percentiles(h: &Histogram<u64>) -> serde_json::Value {
 
 pub(crate) async fn run(context: &Context, args: BenchArgs) -> Result<(), Failure> {
     let target = context.target(args.args.clone(), &[], 0)?;
-    if args.size < 16 {
-        return Err(usage(
-            "--size must be at least 16 (a payload holds its send time and sequence number)",
-        ));
+    if args.size < HEADER {
+        return Err(usage(format!(
+            "--size must be at least {HEADER} (a payload holds its send time, sequence number and run id)"
+        )));
     }
     if args.messages == 0 || args.producers == 0 || args.consumers == 0 || args.inflight == 0 {
         return Err(usage(
@@ -246,12 +250,17 @@ impl Outcome {
             self.send_errors
         );
         println!(
-            "received   {:>9} in {:>7.3} s  {:>10.0} msg/s  ({} duplicates, {} missing)",
+            "received   {:>9} in {:>7.3} s  {:>10.0} msg/s  ({} duplicates, {} missing{})",
             self.received,
             self.recv_time.as_secs_f64(),
             rate(self.received, self.recv_time),
             self.duplicates,
-            self.missing
+            self.missing,
+            if self.foreign > 0 {
+                format!(", {} of other runs", self.foreign)
+            } else {
+                String::new()
+            }
         );
         println!("confirm    {}", text_percentiles(&self.confirm));
         println!("end-to-end {}", text_percentiles(&self.end_to_end));
@@ -269,6 +278,12 @@ async fn bench(
     let stop = Arc::new(AtomicBool::new(false));
     let end_to_end = Arc::new(Mutex::new(histogram()));
     let epoch = Instant::now();
+    // Tells this run's messages from an earlier run's on the same topic.
+    let run_id: [u8; 8] = mq_core::new_id()
+        .as_bytes()
+        .get(28..36)
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or_default();
 
     // Consumers first: what is sent from now on reaches the group.
     let mut consumers = Vec::new();
@@ -296,6 +311,10 @@ async fn bench(
                         seen.foreign.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
+                    if p.get(16..24) != Some(&run_id[..]) {
+                        seen.foreign.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let sent = u64::from_le_bytes(sent.try_into().unwrap_or_default());
                     let seq = u64::from_le_bytes(seq.try_into().unwrap_or_default());
                     if seen.mark(seq) {
@@ -358,6 +377,7 @@ async fn bench(
                     let mut payload = vec![0u8; size];
                     payload[0..8].copy_from_slice(&now.to_le_bytes());
                     payload[8..16].copy_from_slice(&seq.to_le_bytes());
+                    payload[16..24].copy_from_slice(&run_id);
                     let (producer, topic) = (&producer, &topic);
                     pending.push(async move {
                         let t = Instant::now();
@@ -408,12 +428,17 @@ async fn bench(
                     first_error.get_or_insert(e);
                 }
             }
-            Ok(Err(_)) | Err(_) => send_time = started.elapsed(),
+            Ok(Err(e)) => return Err(Failure::Failed(format!("a producer task failed: {e}"))),
+            Err(_) => send_time = started.elapsed(),
         }
     }
     for consumer in consumers {
-        if let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(10), consumer).await {
-            first_error.get_or_insert(e);
+        match tokio::time::timeout(Duration::from_secs(10), consumer).await {
+            Ok(Ok(Some(e))) => {
+                first_error.get_or_insert(e);
+            }
+            Ok(Err(e)) => return Err(Failure::Failed(format!("a consumer task failed: {e}"))),
+            Ok(Ok(None)) | Err(_) => {}
         }
     }
     let received = seen.unique.load(Ordering::Relaxed);

@@ -259,25 +259,7 @@ pub(crate) async fn close(broker: &dyn Broker) {
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 pub(crate) async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    mq_core::worker::shutdown_signal().await;
 }
 
 /// Parses `NAME=VALUE`.
