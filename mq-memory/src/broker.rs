@@ -11,10 +11,11 @@ use mq_core::{
     Registry, Result, Subscription,
 };
 
-use crate::MemoryConfig;
 use crate::consumer::MemoryConsumer;
+use crate::faults::Injector;
 use crate::producer::MemoryProducer;
 use crate::topic::{DeadLetter, GroupStats, Policy, Topic, wake};
+use crate::{FaultCounts, MemoryConfig};
 
 /// An in-memory broker with the full portable semantics of mq.
 ///
@@ -58,6 +59,11 @@ pub(crate) struct Inner {
     topics: RwLock<HashMap<String, Arc<Topic>, BuildHasherDefault<Fnv>>>,
     closed: AtomicBool,
     next_consumer: AtomicU64,
+    /// The faults to inject and their counts.
+    pub(crate) faults: Injector,
+    /// Bumped by every [`MemoryBroker::restart`]: a consumer that sees it
+    /// change reports a reconnect.
+    pub(crate) epoch: AtomicU64,
 }
 
 impl Inner {
@@ -152,6 +158,7 @@ impl MemoryBroker {
     pub fn with_config(config: MemoryConfig) -> Self {
         MemoryBroker {
             inner: Arc::new(Inner {
+                faults: Injector::new(config.faults.clone()),
                 config,
                 ..Inner::default()
             }),
@@ -177,6 +184,57 @@ impl MemoryBroker {
     /// How many messages `topic` retains.
     pub fn topic_len(&self, topic: &str) -> usize {
         self.inner.topic(topic).lock().len()
+    }
+
+    /// How many faults of each kind were injected so far (see [`Faults`](crate::Faults)).
+    pub fn faults(&self) -> FaultCounts {
+        self.inner.faults.counts()
+    }
+
+    /// Acts as a broker restart: every delivery not yet settled goes back
+    /// to its group (attempt + 1, or dead-lettered when out of attempts),
+    /// settling one of them afterwards fails with
+    /// [`Error::DeliveryExpired`], and each consumer's next `recv` returns
+    /// one [`Error::Connection`] (a reconnect; a retryable error) and then
+    /// goes on. Nothing acked or confirmed is lost. Counted in
+    /// [`FaultCounts::restarts`].
+    ///
+    /// ```
+    /// # async fn run() -> mq_core::Result<()> {
+    /// use mq_core::{Broker, Message, ProducerOptions, Subscription};
+    /// let broker = mq_memory::MemoryBroker::new();
+    /// let mut consumer = broker.subscribe(Subscription::new("t", "g")).await?;
+    /// broker.producer(ProducerOptions::default()).await?.send("t", Message::new("x")).await?;
+    /// let held = consumer.recv().await?.unwrap();
+    /// broker.restart();
+    /// assert!(held.ack().await.is_err());                 // the broker took it back
+    /// assert!(consumer.recv().await.unwrap_err().is_retryable()); // the reconnect
+    /// let again = consumer.recv().await?.unwrap();
+    /// assert_eq!((again.message().id.as_str(), again.attempt()), (held.message().id.as_str(), 2));
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn restart(&self) {
+        Injector::count(&self.inner.faults.restarts);
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for topic in topics {
+            let mut dead = Vec::new();
+            let woken = {
+                let mut state = topic.lock();
+                state.restart(&mut dead);
+                state.changed()
+            };
+            wake(woken);
+            self.inner.dead_letter_all(dead);
+        }
     }
 }
 

@@ -3,15 +3,18 @@
 use mq_core::{BrokerUrl, Error, Result};
 use serde::Deserialize;
 
+use crate::Faults;
+
 /// Settings of a [`MemoryBroker`](crate::MemoryBroker).
 ///
-/// From a URL: `memory://?capacity=5000&max_message_bytes=1048576`.
+/// From a URL: `memory://?capacity=5000&max_message_bytes=1048576`, plus
+/// the [`Faults`] options (`memory://?seed=7&duplicate=0.1`).
 ///
 /// ```
 /// let config = mq_memory::MemoryConfig::default().capacity(500);
 /// assert_eq!(config.capacity, 500);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MemoryConfig {
@@ -22,6 +25,8 @@ pub struct MemoryConfig {
     pub capacity: usize,
     /// The largest message accepted, in bytes (payload, key, id and headers).
     pub max_message_bytes: usize,
+    /// Faults to inject, for tests of handlers (none by default).
+    pub faults: Faults,
 }
 
 impl Default for MemoryConfig {
@@ -29,17 +34,25 @@ impl Default for MemoryConfig {
         MemoryConfig {
             capacity: 10_000,
             max_message_bytes: 16 * 1024 * 1024,
+            faults: Faults::default(),
         }
     }
 }
 
 impl MemoryConfig {
-    /// The URL query options this backend knows.
+    /// The URL query options this backend knows (besides
+    /// [`Faults::OPTIONS`]).
     pub const OPTIONS: &'static [&'static str] = &["capacity", "max_message_bytes"];
 
     /// Sets the per-topic capacity (at least 1).
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Injects `faults` (see [`Faults`]).
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -69,7 +82,8 @@ impl MemoryConfig {
                 "`memory://` takes no host, path or credentials: every connect makes a new, independent broker",
             ));
         }
-        url.check_options("memory", Self::OPTIONS, &[])?;
+        let known: Vec<&str> = Self::OPTIONS.iter().chain(Faults::OPTIONS).copied().collect();
+        url.check_options("memory", &known, &[])?;
         let mut config = MemoryConfig::default();
         if let Some(capacity) = url.parse_option::<usize>("memory", "capacity")? {
             if capacity == 0 {
@@ -84,6 +98,7 @@ impl MemoryConfig {
         if let Some(bytes) = url.parse_option("memory", "max_message_bytes")? {
             config.max_message_bytes = bytes;
         }
+        config.faults = Faults::from_url(url)?;
         Ok(config)
     }
 }

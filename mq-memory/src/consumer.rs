@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use mq_core::backend::AckHandle;
@@ -9,6 +10,7 @@ use mq_core::{Consumer, Delivery, Error, Nack, Result};
 use tokio::time::Instant;
 
 use crate::broker::Inner;
+use crate::faults::Injector;
 use crate::topic::{Policy, Take, Taken, Topic, Unsettleable, Woken, wake};
 
 /// How many deliveries a consumer takes from the topic per lock, within its
@@ -37,6 +39,12 @@ pub struct MemoryConsumer {
     id: u64,
     buffer: VecDeque<Taken>,
     closed: bool,
+    /// The broker's restart count this consumer has seen.
+    epoch: u64,
+    /// Injected duplicates, handed out before anything else.
+    duplicates: VecDeque<(Arc<mq_core::Message>, u32)>,
+    /// An injected delay of the buffer's first delivery runs until then.
+    delay_until: Option<Instant>,
 }
 
 impl MemoryConsumer {
@@ -47,7 +55,11 @@ impl MemoryConsumer {
         group: usize,
         id: u64,
     ) -> Self {
+        let epoch = inner.epoch.load(Ordering::Acquire);
         MemoryConsumer {
+            epoch,
+            duplicates: VecDeque::new(),
+            delay_until: None,
             ctx: Arc::new(Ctx {
                 inner,
                 topic,
@@ -104,18 +116,106 @@ impl Consumer for MemoryConsumer {
         // Cooperative scheduling, as in `send`: a consumer with a full buffer
         // never waits, so it must yield now and then.
         tokio::task::consume_budget().await;
-        if !self.buffer.is_empty() {
-            let now = Instant::now();
-            while let Some(taken) = self.buffer.pop_front() {
-                // One whose lease ran out was already taken back by the broker.
-                if taken.deadline > now {
+        if self.ctx.inner.faults.active {
+            return self.recv_faulty().await;
+        }
+        Ok(self.next_taken().await?.map(|taken| self.delivery(taken)))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.detach();
+        Ok(())
+    }
+}
+
+impl MemoryConsumer {
+    /// The reconnect error after a broker restart, once per restart (the
+    /// deliveries it buffered went back to the group).
+    fn check_restart(&mut self) -> Result<()> {
+        let epoch = self.ctx.inner.epoch.load(Ordering::Acquire);
+        if epoch == self.epoch {
+            return Ok(());
+        }
+        self.epoch = epoch;
+        self.buffer.clear();
+        self.duplicates.clear();
+        self.delay_until = None;
+        Err(Error::Connection {
+            backend: "memory",
+            endpoint: "memory://".into(),
+            reason: "the broker restarted (injected fault); unsettled deliveries come back, reconnected"
+                .into(),
+            source: None,
+        })
+    }
+
+    /// The first buffered delivery whose lease did not run out.
+    fn pop_buffered(&mut self) -> Option<Taken> {
+        let now = Instant::now();
+        // One whose lease ran out was already taken back by the broker.
+        std::iter::from_fn(|| self.buffer.pop_front()).find(|taken| taken.deadline > now)
+    }
+
+    /// `recv` with faults injected (see [`Faults`](crate::Faults)).
+    async fn recv_faulty(&mut self) -> Result<Option<Delivery>> {
+        let ctx = self.ctx.clone();
+        let faults = &ctx.inner.faults;
+        loop {
+            self.check_restart()?;
+            if let Some((message, attempt)) = self.duplicates.pop_front() {
+                return Ok(Some(Delivery::shared(
+                    message,
+                    attempt,
+                    ctx.policy.topic.clone(),
+                    ctx.policy.group.clone(),
+                    Box::new(DuplicateAck),
+                )));
+            }
+            if let Some(until) = self.delay_until {
+                tokio::time::sleep_until(until).await;
+                self.delay_until = None;
+                if let Some(taken) = self.pop_buffered() {
                     return Ok(Some(self.delivery(taken)));
                 }
             }
+            let Some(mut taken) = self.next_taken().await? else {
+                return Ok(None);
+            };
+            if faults.roll(faults.faults.reorder) {
+                let across = faults.faults.reorder_across_keys;
+                let later = self
+                    .buffer
+                    .iter()
+                    .position(|t| across || t.message.key.is_none() || t.message.key != taken.message.key);
+                if let Some(other) = later.and_then(|i| self.buffer.remove(i)) {
+                    Injector::count(&faults.reordered);
+                    self.buffer.push_front(std::mem::replace(&mut taken, other));
+                }
+            }
+            if let Some(delay) = faults.delay() {
+                Injector::count(&faults.delayed);
+                self.buffer.push_front(taken);
+                self.delay_until = Some(Instant::now() + delay);
+                continue;
+            }
+            if faults.roll(faults.faults.duplicate) {
+                Injector::count(&faults.duplicated);
+                self.duplicates.push_back((taken.message.clone(), taken.attempt));
+            }
+            return Ok(Some(self.delivery(taken)));
+        }
+    }
+
+    /// The next delivery from the buffer or the topic, waiting for one.
+    async fn next_taken(&mut self) -> Result<Option<Taken>> {
+        self.check_restart()?;
+        if let Some(taken) = self.pop_buffered() {
+            return Ok(Some(taken));
         }
         let ctx = self.ctx.clone();
         let topic = &ctx.topic;
         loop {
+            self.check_restart()?;
             let mut dead = Vec::new();
             let (take, woken, seen) = {
                 let mut state = topic.lock();
@@ -144,7 +244,7 @@ impl Consumer for MemoryConsumer {
                 Take::Closed => return Ok(None),
                 Take::Got => {
                     if let Some(taken) = self.buffer.pop_front() {
-                        return Ok(Some(self.delivery(taken)));
+                        return Ok(Some(taken));
                     }
                 }
                 Take::Wait(Some(at)) => {
@@ -157,16 +257,27 @@ impl Consumer for MemoryConsumer {
             }
         }
     }
-
-    async fn close(&mut self) -> Result<()> {
-        self.detach();
-        Ok(())
-    }
 }
 
 impl Drop for MemoryConsumer {
     fn drop(&mut self) {
         self.detach();
+    }
+}
+
+/// The settle of an injected duplicate: the broker settles the original
+/// only, so settling the copy does nothing.
+#[derive(Debug)]
+struct DuplicateAck;
+
+#[async_trait]
+impl AckHandle for DuplicateAck {
+    async fn ack(&self, _: &Delivery) -> Result<()> {
+        Ok(())
+    }
+
+    async fn nack(&self, _: &Delivery, _: Nack) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -196,6 +307,13 @@ impl MemoryAck {
 #[async_trait]
 impl AckHandle for MemoryAck {
     async fn ack(&self, delivery: &Delivery) -> Result<()> {
+        let faults = &self.ctx.inner.faults;
+        if faults.active && faults.roll(faults.faults.redeliver) {
+            // The ack is lost, as if the consumer crashed after handling:
+            // the broker takes the delivery back (attempt + 1).
+            Injector::count(&faults.redelivered);
+            return self.nack(delivery, Nack::requeue()).await;
+        }
         let topic = &self.ctx.topic;
         let result = {
             let mut state = topic.lock();

@@ -21,15 +21,22 @@
 //! ```
 //!
 //! Not persistent: messages live as long as the broker object.
+//!
+//! For tests of handlers it misbehaves on purpose when asked ([`Faults`]):
+//! duplicates, lost acks (redeliveries), reordering, failed sends, lost
+//! confirms, delays, and [`MemoryBroker::restart`]; all from one seed, and
+//! counted ([`MemoryBroker::faults`]).
 
 mod broker;
 mod config;
 mod consumer;
+mod faults;
 mod producer;
 mod topic;
 
 pub use broker::{MemoryBroker, MemoryConnector, register};
 pub use config::MemoryConfig;
 pub use consumer::MemoryConsumer;
+pub use faults::{FaultCounts, Faults};
 pub use producer::MemoryProducer;
 pub use topic::GroupStats;

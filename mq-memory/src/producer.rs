@@ -8,6 +8,7 @@ use mq_core::backend::{SendGate, check_send};
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
 
 use crate::broker::Inner;
+use crate::faults::Injector;
 use crate::topic::{Topic, Woken, wake};
 
 /// A producer of a [`MemoryBroker`](crate::MemoryBroker).
@@ -56,13 +57,38 @@ impl MemoryProducer {
     pub fn try_send(&self, topic: &str, message: Message) -> Result<Receipt> {
         let _pass = self.gate.enter()?;
         self.check(topic, &message)?;
+        self.fail_before()?;
         let topic = self.inner.topic(topic);
-        append_now(&topic, message).unwrap_or_else(|message| {
+        let receipt = append_now(&topic, message).unwrap_or_else(|message| {
             Err(Error::Full {
                 topic: topic.name.to_string(),
                 message: Box::new(message),
             })
-        })
+        })?;
+        self.fail_after()?;
+        Ok(receipt)
+    }
+
+    /// An injected send failure, before anything is stored.
+    fn fail_before(&self) -> Result<()> {
+        let faults = &self.inner.faults;
+        if faults.active && faults.roll(faults.faults.fail_send) {
+            Injector::count(&faults.failed_sends);
+            return Err(Injector::send_error("the send failed; nothing was stored"));
+        }
+        Ok(())
+    }
+
+    /// An injected lost confirm, after the messages were stored.
+    fn fail_after(&self) -> Result<()> {
+        let faults = &self.inner.faults;
+        if faults.active && faults.roll(faults.faults.lose_confirm) {
+            Injector::count(&faults.lost_confirms);
+            return Err(Injector::send_error(
+                "the confirm was lost; the message may have been stored",
+            ));
+        }
+        Ok(())
     }
 
     fn check(&self, topic: &str, message: &Message) -> Result<()> {
@@ -171,6 +197,14 @@ impl Producer for MemoryProducer {
         tokio::task::consume_budget().await;
         let _pass = self.gate.enter()?;
         self.check(topic, &message)?;
+        if self.inner.faults.active {
+            self.fail_before()?;
+            let mut receipts = self.append_all_timed(topic, vec![message]).await?;
+            self.fail_after()?;
+            return receipts.pop().ok_or_else(|| {
+                Error::backend("memory", format!("send to `{topic}`"), "no receipt was produced")
+            });
+        }
         // Fast path: room in an existing topic. Otherwise wait like a batch.
         let message = match self.inner.with_topic(topic, message, append_now) {
             Ok(Ok(result)) => return result,
@@ -184,6 +218,12 @@ impl Producer for MemoryProducer {
 
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
         let _pass = self.gate.enter()?;
+        if self.inner.faults.active {
+            self.fail_before()?;
+            let receipts = self.append_all_timed(topic, messages).await?;
+            self.fail_after()?;
+            return Ok(receipts);
+        }
         self.append_all_timed(topic, messages).await
     }
 

@@ -526,6 +526,28 @@ impl TopicState {
         }
     }
 
+    /// A broker restart: every consumer's unsettled deliveries go back to
+    /// the front of their group's queue, in delivery order (attempt + 1),
+    /// and their tags stop being valid; the consumers stay attached.
+    pub(crate) fn restart(&mut self, dead: &mut Vec<DeadLetter>) {
+        for g in &mut self.groups {
+            let mut back = Vec::new();
+            for slot in &mut g.slots {
+                slot.base_tag = slot.base_tag.saturating_add(slot.leases.len() as u64);
+                slot.held = 0;
+                for lease in std::mem::take(&mut slot.leases).into_iter().flatten() {
+                    match slot.policy.requeue_or_dead_letter(lease.message, lease.attempt) {
+                        Next::Requeue(redelivery) => back.push(redelivery),
+                        Next::DeadLetter(d) => dead.push(d),
+                    }
+                }
+            }
+            for redelivery in back.into_iter().rev() {
+                g.ready.push_front(redelivery);
+            }
+        }
+    }
+
     fn slot(&mut self, group: usize, consumer: u64) -> Option<&mut Slot> {
         self.groups
             .get_mut(group)?
