@@ -107,6 +107,16 @@ impl Inner {
         topic.clone()
     }
 
+    /// Every topic so far.
+    fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Appends dead letters to their topics. They never wait for room.
     pub(crate) fn dead_letter_all(&self, dead: Vec<DeadLetter>) {
         for (topic_name, message) in dead {
@@ -217,14 +227,7 @@ impl MemoryBroker {
     pub fn restart(&self) {
         Injector::count(&self.inner.faults.restarts);
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
-        let topics: Vec<Arc<Topic>> = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.inner.all_topics();
         for topic in topics {
             let mut dead = Vec::new();
             let woken = {
@@ -321,14 +324,7 @@ impl Broker for MemoryBroker {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let topics: Vec<Arc<Topic>> = self
-            .inner
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.inner.all_topics();
         for topic in topics {
             let woken = {
                 let mut state = topic.lock();
