@@ -489,7 +489,18 @@ fn bench(url: &str) {
     // the group reads them again, are not counted as this run's.
     let text = mq_ok(&["bench", url, "--messages", "300", "--topic", &topic]);
     assert!(text.contains("(0 duplicates, 0 missing"), "{text}");
-    mq_core::testkit::report(&format!("$ mq bench {} --messages 300\n{text}", scheme(url)));
+    // One line, for the run's figures.
+    let ms = |h: &str, p: &str| v[h][p].as_f64().unwrap_or(f64::NAN);
+    mq_core::testkit::report(&format!(
+        "mq bench on {} (300 messages, 2 producers, 2 consumers): sent {:.0} msg/s, received {:.0} msg/s, confirm p50 {:.3} ms p99 {:.3} ms, end-to-end p50 {:.3} ms p99 {:.3} ms",
+        scheme(url),
+        v["send_rate"].as_f64().unwrap_or(f64::NAN),
+        v["receive_rate"].as_f64().unwrap_or(f64::NAN),
+        ms("confirm_ms", "p50"),
+        ms("confirm_ms", "p99"),
+        ms("end_to_end_ms", "p50"),
+        ms("end_to_end_ms", "p99"),
+    ));
 }
 
 fn env_url(var: &str, how: &str) -> String {
