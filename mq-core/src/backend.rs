@@ -8,6 +8,7 @@
 
 pub use crate::delivery::{AckHandle, attempts_exhausted_reason, dead_letter_message};
 pub use crate::producer::check_send;
+pub use crate::rng::Rng;
 use crate::{Error, Message, Result, Subscription};
 
 /// The attempt count a message carries in a header or field, read without

@@ -5,12 +5,15 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 
 /// xorshift64*: fast and good enough to spread load and jitter; not for secrets.
+///
+/// Shared with backends (as [`backend::Rng`](crate::backend::Rng)) for
+/// choices that must replay for a seed, such as mq-memory's injected faults.
 #[derive(Debug)]
-pub(crate) struct Rng(Mutex<u64>);
+pub struct Rng(Mutex<u64>);
 
 impl Rng {
     /// A generator with a fixed seed: the same sequence every time.
-    pub(crate) fn seeded(seed: u64) -> Self {
+    pub fn seeded(seed: u64) -> Self {
         // splitmix64 of the seed, so small seeds still start well mixed.
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -19,11 +22,12 @@ impl Rng {
     }
 
     /// A generator seeded from the OS.
-    pub(crate) fn from_entropy() -> Self {
+    pub fn from_entropy() -> Self {
         Self::seeded(uuid::Uuid::new_v4().as_u64_pair().0)
     }
 
-    pub(crate) fn next_u64(&self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&self) -> u64 {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut x = *state;
         x ^= x >> 12;
@@ -34,12 +38,12 @@ impl Rng {
     }
 
     /// A float in [0, 1).
-    pub(crate) fn next_f64(&self) -> f64 {
+    pub fn next_f64(&self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// An integer in [0, n); 0 when n is 0.
-    pub(crate) fn below(&self, n: usize) -> usize {
+    pub fn below(&self, n: usize) -> usize {
         if n == 0 {
             return 0;
         }

@@ -4,11 +4,10 @@
 //! broker restarts. Every choice comes from one seeded generator: the same
 //! seed and the same sequence of calls give the same faults.
 
-use std::sync::Mutex;
-use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use mq_core::backend::Rng;
 use mq_core::{BrokerUrl, Error, Result};
 use serde::Deserialize;
 
@@ -215,12 +214,12 @@ pub struct FaultCounts {
 }
 
 /// The injector a broker shares with its producers and consumers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Injector {
     pub(crate) faults: Faults,
     /// Whether any probability is above 0: the only check on the hot paths.
     pub(crate) active: bool,
-    rng: Mutex<u64>,
+    rng: Rng,
     pub(crate) duplicated: AtomicU64,
     pub(crate) redelivered: AtomicU64,
     pub(crate) reordered: AtomicU64,
@@ -230,33 +229,31 @@ pub(crate) struct Injector {
     pub(crate) restarts: AtomicU64,
 }
 
+impl Default for Injector {
+    fn default() -> Self {
+        Injector::new(Faults::default())
+    }
+}
+
 impl Injector {
     pub(crate) fn new(faults: Faults) -> Self {
-        // splitmix64 of the seed: small seeds start well mixed.
-        let mut z = faults.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         Injector {
             active: faults.any(),
+            rng: Rng::seeded(faults.seed),
             faults,
-            rng: Mutex::new((z ^ (z >> 31)) | 1),
-            ..Injector::default()
+            duplicated: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            reordered: AtomicU64::new(0),
+            failed_sends: AtomicU64::new(0),
+            lost_confirms: AtomicU64::new(0),
+            delayed: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
         }
-    }
-
-    fn next_u64(&self) -> u64 {
-        let mut state = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut x = *state;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        *state = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// Whether a fault of probability `p` happens now (draws only when `p > 0`).
     pub(crate) fn roll(&self, p: f64) -> bool {
-        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+        p > 0.0 && self.rng.next_f64() < p
     }
 
     /// A delay to hold a delivery back by, when one happens now.
@@ -264,7 +261,7 @@ impl Injector {
         if !self.roll(self.faults.delay) {
             return None;
         }
-        let ms = self.next_u64() % self.faults.delay_ms.saturating_add(1);
+        let ms = self.rng.next_u64() % self.faults.delay_ms.saturating_add(1);
         Some(Duration::from_millis(ms))
     }
 
