@@ -144,9 +144,8 @@ impl Delivery {
     }
 
     /// Attaches an instrumented consumer's observation.
-    pub(crate) fn observed(mut self, observed: Observed) -> Self {
+    pub(crate) fn set_observed(&mut self, observed: Observed) {
         self.observed = Some(observed);
-        self
     }
 
     /// The instrumented consumer's observation, if any.

@@ -42,6 +42,7 @@ async fn round_trip(broker: &Arc<dyn Broker>, topic: &str, n: usize) {
 type Seen = Vec<(metrics_util::CompositeKey, DebugValue)>;
 
 fn snapshot(snapshotter: &Snapshotter) -> Seen {
+    mq_core::observe::flush_metrics();
     snapshotter
         .snapshot()
         .into_vec()

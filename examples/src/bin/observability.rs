@@ -178,6 +178,9 @@ async fn run() -> mq_core::Result<()> {
     );
     broker.close().await?;
     let _ = provider.force_flush();
+    // mq hands its counts to the recorder every second; all of them now,
+    // before the scrape.
+    mq_core::observe::flush_metrics();
 
     let serve = std::env::var("MQ_SERVE_SECS")
         .ok()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{Span, field};
 
 use super::Scope;
-use super::metric::{ConsumerMetrics, Settle};
+use super::metric::{ConsumerMetrics, Deliveries, Settle};
 use crate::{Delivery, Message};
 
 /// What the deliveries of one instrumented consumer share.
@@ -18,61 +18,96 @@ pub(crate) struct ConsumerObservation {
     pub(crate) scope: Arc<Scope>,
     pub(crate) topic: String,
     pub(crate) group: String,
-    /// Registered on first use while metrics are on.
-    pub(crate) metrics: OnceLock<ConsumerMetrics>,
+    /// This consumer's count of deliveries and its topic and group's
+    /// handles, made on first use while metrics are on.
+    pub(crate) metrics: OnceLock<Arc<Deliveries>>,
 }
 
 impl ConsumerObservation {
-    /// The handles, while metrics are on.
-    pub(crate) fn metrics(&self) -> Option<&ConsumerMetrics> {
+    /// This consumer's count, while metrics are on.
+    pub(crate) fn deliveries(&self) -> Option<&Deliveries> {
         super::metrics_enabled().then(|| {
-            self.metrics
-                .get_or_init(|| ConsumerMetrics::new(self.scope.system, &self.topic, &self.group))
+            &**self.metrics.get_or_init(|| {
+                Deliveries::new(ConsumerMetrics::of(self.scope.system, &self.topic, &self.group))
+            })
         })
+    }
+
+    /// The handles of its topic and group, while metrics are on.
+    pub(crate) fn metrics(&self) -> Option<&'static ConsumerMetrics> {
+        self.deliveries().map(|d| d.of)
     }
 }
 
-/// The observation of one delivery (kept in the delivery itself: one
-/// reference count and a flag, no allocation of its own).
+/// The observation of one delivery, kept in the delivery itself. While
+/// only metrics are on it holds no reference count: the counts of a
+/// topic and group live as long as the process, as the recorder's do.
 #[derive(Debug)]
 pub(crate) struct Observed {
-    shared: Arc<ConsumerObservation>,
-    /// Whether the in-flight gauge was counted down already.
-    counted_down: AtomicBool,
+    /// The consumer's, when a subscriber wanted mq's spans at the receive
+    /// (for `server.address` and `server.port`).
+    shared: Option<Arc<ConsumerObservation>>,
+    /// The counts of its topic and group, when metrics were on.
+    metrics: Option<&'static ConsumerMetrics>,
+    /// Whether it is in flight in those counts: counted as delivered, not
+    /// yet as settled or released.
+    counted: AtomicBool,
     /// The producer's context, extracted from the headers.
     #[cfg(feature = "otel")]
-    pub(crate) parent: Option<opentelemetry::Context>,
+    pub(crate) parent: Option<Box<opentelemetry::Context>>,
 }
 
 impl Observed {
-    /// `counted`: the in-flight gauge counted this delivery up.
+    /// `metrics`: the counts that counted this delivery; `receive`: the
+    /// receive's span, whose producer context is kept for the `process`
+    /// span (none when no subscriber wants mq's spans, and then no
+    /// reference to the consumer is kept either).
     pub(crate) fn new(
-        shared: Arc<ConsumerObservation>,
-        counted: bool,
-        receive: &Span,
+        shared: &Arc<ConsumerObservation>,
+        metrics: Option<&'static ConsumerMetrics>,
+        receive: Option<&Span>,
         message: &Message,
     ) -> Self {
         #[cfg(not(feature = "otel"))]
-        let _ = (receive, message);
+        let _ = message;
         Observed {
             #[cfg(feature = "otel")]
-            parent: super::otel::extract(receive, &message.headers),
-            shared,
-            counted_down: AtomicBool::new(!counted),
+            parent: receive
+                .and_then(|receive| super::otel::extract(receive, &message.headers))
+                .map(Box::new),
+            shared: receive.map(|_| shared.clone()),
+            counted: AtomicBool::new(metrics.is_some()),
+            metrics,
         }
     }
 
     pub(crate) fn system(&self) -> &'static str {
-        self.shared.scope.system
+        match (&self.shared, self.metrics) {
+            (Some(shared), _) => shared.scope.system,
+            (None, Some(metrics)) => metrics.system(),
+            (None, None) => "",
+        }
     }
 
-    fn count_down(&self) {
-        if !self.counted_down.swap(true, Ordering::AcqRel) {
-            // Counted up, so registered.
-            if let Some(metrics) = self.shared.metrics.get() {
-                metrics.in_flight.decrement(1.0);
-            }
+    /// Where the broker is, when known.
+    fn record_server(&self, span: &Span) {
+        if let Some(shared) = &self.shared {
+            shared.scope.record_server(span);
         }
+    }
+
+    /// The counts, while metrics are on, or when this delivery was counted
+    /// (so that its settle balances its count whatever the switch says now).
+    fn metrics(&self) -> Option<&'static ConsumerMetrics> {
+        if self.counted.load(Ordering::Relaxed) {
+            return self.metrics;
+        }
+        if !super::metrics_enabled() {
+            return None;
+        }
+        // Received while metrics were off (and spans on): found now.
+        self.metrics
+            .or_else(|| self.shared.as_ref().and_then(|shared| shared.metrics()))
     }
 
     /// The span of a settle.
@@ -83,7 +118,7 @@ impl Observed {
             otel.name = field::Empty,
             otel.kind = "client",
             otel.status_code = field::Empty,
-            messaging.system = self.shared.scope.system,
+            messaging.system = self.system(),
             messaging.operation.name = how.operation(),
             messaging.operation.type = "settle",
             messaging.destination.name = delivery.topic(),
@@ -95,7 +130,7 @@ impl Observed {
         );
         if !span.is_disabled() {
             span.record("otel.name", format!("{} {}", how.operation(), delivery.topic()));
-            self.shared.scope.record_server(&span);
+            self.record_server(&span);
         }
         span
     }
@@ -108,16 +143,19 @@ impl Observed {
         took: Option<Duration>,
         result: &crate::Result<()>,
     ) {
+        let metrics = self.metrics();
         match result {
             Ok(()) => {
-                self.count_down();
-                if let Some(metrics) = self.shared.metrics() {
+                // Settled once at most (the delivery's state says so): no
+                // longer in flight, and not released on drop.
+                self.counted.store(false, Ordering::Relaxed);
+                if let Some(metrics) = metrics {
                     metrics.settled(how, took, None);
                 }
             }
             Err(e) => {
                 super::record_error(span, e);
-                if let Some(metrics) = self.shared.metrics() {
+                if let Some(metrics) = metrics {
                     metrics.settled(how, took, Some(e));
                 }
             }
@@ -126,7 +164,7 @@ impl Observed {
 
     /// Records a handler's run.
     pub(crate) fn processed(&self, outcome: &'static str, took: Duration) {
-        if let Some(metrics) = self.shared.metrics() {
+        if let Some(metrics) = self.metrics() {
             metrics.processed(outcome, took);
         }
     }
@@ -135,7 +173,11 @@ impl Observed {
 impl Drop for Observed {
     fn drop(&mut self) {
         // A delivery dropped unsettled is no longer in this consumer's hands.
-        self.count_down();
+        if self.counted.load(Ordering::Relaxed)
+            && let Some(metrics) = self.metrics
+        {
+            metrics.released();
+        }
     }
 }
 
@@ -164,10 +206,10 @@ pub(crate) fn process_span(delivery: &Delivery) -> Span {
     }
     span.record("otel.name", format!("process {}", delivery.topic()));
     if let Some(observed) = observed {
-        observed.shared.scope.record_server(&span);
+        observed.record_server(&span);
         #[cfg(feature = "otel")]
         if let Some(parent) = &observed.parent {
-            super::otel::set_parent(&span, parent.clone());
+            super::otel::set_parent(&span, (**parent).clone());
         }
     }
     span

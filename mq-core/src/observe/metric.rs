@@ -16,13 +16,32 @@
 //! | [`LAG`] `mq.consumer.lag` | gauge | messages | system, destination, group |
 //! | [`LAG_IN_FLIGHT`] `mq.consumer.lag.in_flight` | gauge | messages | system, destination, group (where the backend tells) |
 //!
+//! **Counts** (messages sent, consumed and settled, and the in-flight
+//! gauge) are kept in mq's handles, an atomic add each, and handed to the
+//! recorder every [`FLUSH_INTERVAL`] by a thread of mq's, when a producer
+//! or consumer closes, and on [`flush_metrics`](super::flush_metrics):
+//! they are exact, and up to a second late. Failures, durations and lag
+//! reach the recorder at once.
+//!
+//! **Durations** of sends ([`OPERATION_DURATION`] with `send`) and ages
+//! ([`END_TO_END`]) are sampled on busy handles: every one up to about
+//! [`DURATIONS_PER_SECOND`] a second (what a network broker's producer or
+//! consumer sees), one in a power of two above that. A histogram's count
+//! is then the number of values it holds, not of operations: take those
+//! from the counters. On mq-memory, which moves over a million messages a
+//! second, a clock read and a histogram value per message would cost a
+//! third of the message (BENCHMARKS.md, "Instrumented"). Settle and
+//! handler durations are not sampled.
+//!
 //! Label names: `messaging.system`, `messaging.destination.name`,
 //! `messaging.consumer.group.name`, `messaging.operation.name`, `outcome`,
 //! `error.type`. No label holds a message id or key. The lag gauges are
 //! set each time [`Broker::lag`](crate::Broker::lag) is called on an
 //! instrumented broker.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Label};
 
@@ -78,6 +97,232 @@ pub const OUTCOME: &str = "outcome";
 /// Label: the kind of error ([`Error::kind`]).
 pub const ERROR_TYPE: &str = "error.type";
 
+/// About how many durations per second one topic's sends (or one
+/// consumer's deliveries) record once they are busy: below this rate every
+/// send's duration and every delivery's age is recorded; above it, one
+/// operation in a power of two (at most 1024), chosen every 1024
+/// operations so that about this many are. The counters count every
+/// operation whatever the rate; see the [module docs](self).
+pub const DURATIONS_PER_SECOND: u64 = 1000;
+
+/// Every how many operations a [`Sampler`] measures the rate again.
+const ADAPT_EVERY: u64 = 1024;
+
+/// The largest stride: one operation in this many is measured, however
+/// busy the handle.
+const MAX_STRIDE: u64 = 1024;
+
+/// Chooses which operations of a handle are timed, so that a busy handle
+/// records about [`DURATIONS_PER_SECOND`] durations a second and reads no
+/// clock for the rest. The counters count every operation; only the
+/// duration histograms ([`OPERATION_DURATION`] of sends, [`END_TO_END`])
+/// are sampled, so a histogram's count is the number of values it holds,
+/// not the number of operations (take those from [`SENT`] and
+/// [`CONSUMED`]). Below the rate, every operation is timed, which is what
+/// a network broker's handles see; above it (mq-memory moves a million
+/// messages a second), a clock read and a histogram value per message
+/// would cost a third of the message (BENCHMARKS.md, "Instrumented").
+///
+/// The rate is measured every [`ADAPT_EVERY`] operations, from one clock
+/// read; the stride is a power of two, at most [`MAX_STRIDE`].
+#[derive(Debug)]
+pub(crate) struct Sampler {
+    /// The stride minus one (a power of two minus one: a mask).
+    mask: AtomicU64,
+    /// When the rate was last measured, and the operation count then.
+    since: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler {
+            mask: AtomicU64::new(0),
+            since: Mutex::new(None),
+        }
+    }
+}
+
+impl Sampler {
+    /// Whether to time operation number `n` of the handle (its count so
+    /// far); every [`ADAPT_EVERY`] operations, measures the rate first.
+    #[inline]
+    pub(crate) fn pick(&self, n: u64) -> bool {
+        if n.is_multiple_of(ADAPT_EVERY) {
+            self.adapt(n);
+        }
+        n & self.mask.load(Ordering::Relaxed) == 0
+    }
+
+    /// Measures the rate since the last call and sets the stride.
+    #[cold]
+    fn adapt(&self, n: u64) {
+        // Another thread adapting now does it for this one.
+        let Ok(mut since) = self.since.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some((before, then)) = *since {
+            let ops = n.saturating_sub(then);
+            if ops < ADAPT_EVERY / 2 {
+                // Too few since (concurrent sends saw the same count).
+                return;
+            }
+            let secs = now.saturating_duration_since(before).as_secs_f64();
+            #[allow(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss
+            )]
+            let wanted = if secs > 0.0 {
+                ((ops as f64 / secs) / DURATIONS_PER_SECOND as f64) as u64
+            } else {
+                MAX_STRIDE
+            };
+            let stride = wanted.clamp(1, MAX_STRIDE).next_power_of_two().min(MAX_STRIDE);
+            self.mask.store(stride - 1, Ordering::Relaxed);
+        }
+        *since = Some((now, n));
+    }
+}
+
+/// How often a thread of mq's hands what mq counted to the recorder (see
+/// [`flush_metrics`](super::flush_metrics)).
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Something that hands its counts to the recorder.
+pub(crate) trait Flush: Send + Sync {
+    /// Hands what was counted since the last flush to the recorder.
+    fn flush(&self);
+}
+
+/// Every set of handles, for [`flush`] and the flushing thread.
+static LIVE: Mutex<Vec<&'static dyn Flush>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<&'static dyn Flush>> {
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Adds `handles` to those flushed, and starts the thread that flushes
+/// them every [`FLUSH_INTERVAL`] (once per process).
+fn register(handles: &'static dyn Flush) {
+    static THREAD: std::sync::Once = std::sync::Once::new();
+    live().push(handles);
+    THREAD.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("mq-metrics".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(FLUSH_INTERVAL);
+                    flush();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "mq: could not start the metrics thread; counts reach the recorder on close and on observe::flush_metrics only");
+        }
+    });
+}
+
+/// Every live consumer's count of deliveries.
+static CONSUMERS: Mutex<Vec<std::sync::Weak<Deliveries>>> = Mutex::new(Vec::new());
+
+fn consumers() -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<Deliveries>>> {
+    CONSUMERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hands every count to the recorder now (see
+/// [`flush_metrics`](super::flush_metrics)): the deliveries first, so
+/// that the in-flight gauge goes up before their settles take it down.
+pub(crate) fn flush() {
+    let alive: Vec<std::sync::Arc<Deliveries>> = {
+        let mut consumers = consumers();
+        consumers.retain(|w| w.strong_count() > 0);
+        consumers.iter().filter_map(std::sync::Weak::upgrade).collect()
+    };
+    for deliveries in alive {
+        deliveries.flush();
+    }
+    let all: Vec<&'static dyn Flush> = live().clone();
+    for handles in all {
+        handles.flush();
+    }
+}
+
+/// The handle set of `key`, made by `make` and registered for flushing
+/// on first use. Sets live as long as the process, as the recorder's
+/// handles do; there is one per label set (topic, group), so a
+/// delivery refers to its set with no reference count.
+fn interned<K, T>(
+    map: &'static Mutex<Option<std::collections::HashMap<K, &'static T>>>,
+    key: K,
+    make: impl FnOnce() -> T,
+) -> &'static T
+where
+    K: std::hash::Hash + Eq,
+    T: Flush + 'static,
+{
+    let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = map.get_or_insert_with(std::collections::HashMap::new);
+    if let Some(found) = map.get(&key) {
+        return found;
+    }
+    let made: &'static T = Box::leak(Box::new(make()));
+    register(made);
+    map.insert(key, made);
+    made
+}
+
+/// A count kept by mq and handed to a recorder's counter by increments;
+/// on a cache line of its own, so that a producer's and a consumer's
+/// counts on two threads do not share one.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Count {
+    /// Counted so far.
+    total: AtomicU64,
+    /// Handed to the recorder so far (under the owner's flush lock).
+    flushed: AtomicU64,
+}
+
+impl Count {
+    fn new() -> Self {
+        Count {
+            total: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n`; the total before.
+    #[inline]
+    fn add(&self, n: u64) -> u64 {
+        self.total.fetch_add(n, Ordering::Release)
+    }
+
+    /// Adds one where this is the only thread that adds: a load and a
+    /// store, no atomic read-modify-write. The total before.
+    #[inline]
+    fn bump_single_writer(&self) -> u64 {
+        let n = self.total.load(Ordering::Relaxed);
+        self.total.store(n.wrapping_add(1), Ordering::Release);
+        n
+    }
+
+    fn get(&self) -> u64 {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Hands what was counted since the last flush to `counter` (call
+    /// under the owner's flush lock).
+    fn flush(&self, counter: &Counter) {
+        let total = self.get();
+        let before = self.flushed.swap(total, Ordering::Relaxed);
+        if total > before {
+            counter.increment(total - before);
+        }
+    }
+}
+
 fn labels(system: &'static str, topic: &str, group: Option<&str>) -> Vec<Label> {
     let mut labels = vec![
         Label::new(SYSTEM, system),
@@ -94,38 +339,77 @@ fn with(mut labels: Vec<Label>, extra: &[(&'static str, &'static str)]) -> Vec<L
     labels
 }
 
-/// A producer's handles for one topic.
+/// The handles of a topic's sends, shared by every producer in the
+/// process. Successful sends are counted here and handed to the recorder
+/// every [`FLUSH_INTERVAL`] and at close; failures go to the recorder at
+/// once.
 #[derive(Debug)]
 pub(crate) struct SendMetrics {
     base: Vec<Label>,
-    sent: Counter,
+    sent_counter: Counter,
     duration: Histogram,
+    sent: Count,
+    /// Serialises flushes.
+    flushing: Mutex<()>,
+    /// Which sends are timed.
+    sampler: Sampler,
 }
 
 impl SendMetrics {
-    pub(crate) fn new(system: &'static str, topic: &str) -> Self {
-        let base = labels(system, topic, None);
-        SendMetrics {
-            sent: metrics::counter!(SENT, base.clone()),
-            duration: metrics::histogram!(OPERATION_DURATION, with(base.clone(), &[(OPERATION, "send")])),
-            base,
-        }
+    /// The handles of `topic` on `system` (found, or registered on first
+    /// use).
+    pub(crate) fn of(system: &'static str, topic: &str) -> &'static Self {
+        type Sets = Mutex<Option<std::collections::HashMap<(&'static str, String), &'static SendMetrics>>>;
+        static SETS: Sets = Mutex::new(None);
+        interned(&SETS, (system, topic.to_string()), || {
+            let base = labels(system, topic, None);
+            SendMetrics {
+                sent_counter: metrics::counter!(SENT, base.clone()),
+                duration: metrics::histogram!(OPERATION_DURATION, with(base.clone(), &[(OPERATION, "send")])),
+                base,
+                sent: Count::new(),
+                flushing: Mutex::new(()),
+                sampler: Sampler::default(),
+            }
+        })
     }
 
-    pub(crate) fn sent(&self, count: usize, took: Duration, err: Option<&Error>) {
+    /// Whether the send starting now is timed (see [`Sampler`]).
+    #[inline]
+    pub(crate) fn time_this(&self) -> bool {
+        self.sampler.pick(self.sent.get())
+    }
+
+    /// Records a send of `count` messages; `took` is `None` when the
+    /// [`Sampler`] did not choose it for timing.
+    pub(crate) fn sent(&self, count: usize, took: Option<Duration>, err: Option<&Error>) {
         let count = u64::try_from(count).unwrap_or(u64::MAX);
         match err {
             None => {
-                self.sent.increment(count);
-                self.duration.record(took.as_secs_f64());
+                self.sent.add(count);
+                if let Some(took) = took {
+                    self.duration.record(took.as_secs_f64());
+                }
             }
             Some(e) => {
                 let failed = with(self.base.clone(), &[(ERROR_TYPE, e.kind())]);
                 metrics::counter!(SENT, failed.clone()).increment(count);
-                metrics::histogram!(OPERATION_DURATION, with(failed, &[(OPERATION, "send")]))
-                    .record(took.as_secs_f64());
+                if let Some(took) = took {
+                    metrics::histogram!(OPERATION_DURATION, with(failed, &[(OPERATION, "send")]))
+                        .record(took.as_secs_f64());
+                }
             }
         }
+    }
+}
+
+impl Flush for SendMetrics {
+    fn flush(&self) {
+        let _one = self
+            .flushing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.sent.flush(&self.sent_counter);
     }
 }
 
@@ -178,44 +462,76 @@ impl Settle {
 
 const SETTLES: [Settle; 3] = [Settle::Ack, Settle::Requeue, Settle::DeadLetter];
 
-/// A consumer's handles (one topic, one group).
+/// The handles of a topic and group, shared by every consumer of them in
+/// the process. Settles are counted here (deliveries by each consumer's
+/// [`Deliveries`]) and handed to the recorder every [`FLUSH_INTERVAL`] and
+/// at close; the in-flight gauge moves by what changed since. Failures and
+/// durations go to the recorder at once.
 #[derive(Debug)]
 pub(crate) struct ConsumerMetrics {
+    system: &'static str,
     base: Vec<Label>,
-    consumed: Counter,
+    consumed_counter: Counter,
     end_to_end: Histogram,
-    pub(crate) in_flight: Gauge,
-    settled: [Counter; 3],
+    in_flight: Gauge,
+    settled_counters: [Counter; 3],
     settle_duration: [Histogram; 3],
     process_ok: Histogram,
+    settled: [Count; 3],
+    /// Deliveries dropped unsettled.
+    released: AtomicU64,
+    /// Serialises flushes, and holds the settles and releases last taken
+    /// off the in-flight gauge.
+    flushing: Mutex<u64>,
 }
 
 impl ConsumerMetrics {
-    pub(crate) fn new(system: &'static str, topic: &str, group: &str) -> Self {
-        let base = labels(system, topic, Some(group));
-        let settled =
-            SETTLES.map(|s| metrics::counter!(SETTLED, with(base.clone(), &[(OUTCOME, s.outcome())])));
-        let settle_duration = SETTLES.map(|s| {
-            metrics::histogram!(
-                OPERATION_DURATION,
-                with(base.clone(), &[(OPERATION, s.operation())])
-            )
-        });
-        ConsumerMetrics {
-            consumed: metrics::counter!(CONSUMED, base.clone()),
-            end_to_end: metrics::histogram!(END_TO_END, base.clone()),
-            in_flight: metrics::gauge!(IN_FLIGHT, base.clone()),
-            process_ok: metrics::histogram!(PROCESS_DURATION, with(base.clone(), &[(OUTCOME, "ok")])),
-            settled,
-            settle_duration,
-            base,
-        }
+    /// The handles of `topic` and `group` on `system` (found, or
+    /// registered on first use).
+    pub(crate) fn of(system: &'static str, topic: &str, group: &str) -> &'static Self {
+        type Sets = Mutex<
+            Option<std::collections::HashMap<(&'static str, String, String), &'static ConsumerMetrics>>,
+        >;
+        static SETS: Sets = Mutex::new(None);
+        interned(&SETS, (system, topic.to_string(), group.to_string()), || {
+            let base = labels(system, topic, Some(group));
+            let settled_counters =
+                SETTLES.map(|s| metrics::counter!(SETTLED, with(base.clone(), &[(OUTCOME, s.outcome())])));
+            let settle_duration = SETTLES.map(|s| {
+                metrics::histogram!(
+                    OPERATION_DURATION,
+                    with(base.clone(), &[(OPERATION, s.operation())])
+                )
+            });
+            ConsumerMetrics {
+                system,
+                consumed_counter: metrics::counter!(CONSUMED, base.clone()),
+                end_to_end: metrics::histogram!(END_TO_END, base.clone()),
+                in_flight: metrics::gauge!(IN_FLIGHT, base.clone()),
+                process_ok: metrics::histogram!(PROCESS_DURATION, with(base.clone(), &[(OUTCOME, "ok")])),
+                settled_counters,
+                settle_duration,
+                base,
+                settled: [Count::new(), Count::new(), Count::new()],
+                released: AtomicU64::new(0),
+                flushing: Mutex::new(0),
+            }
+        })
     }
 
-    pub(crate) fn consumed(&self, age: Duration) {
-        self.consumed.increment(1);
+    /// The broker's name.
+    pub(crate) fn system(&self) -> &'static str {
+        self.system
+    }
+
+    /// Records a delivery's age (end to end).
+    pub(crate) fn age(&self, age: Duration) {
         self.end_to_end.record(age.as_secs_f64());
-        self.in_flight.increment(1.0);
+    }
+
+    /// Counts a delivery dropped unsettled (no longer in flight here).
+    pub(crate) fn released(&self) {
+        self.released.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn receive_failed(&self, err: &Error) {
@@ -231,7 +547,7 @@ impl ConsumerMetrics {
     pub(crate) fn settled(&self, how: Settle, took: Option<Duration>, err: Option<&Error>) {
         match err {
             None => {
-                self.settled[how.index()].increment(1);
+                self.settled[how.index()].add(1);
                 if let Some(took) = took {
                     self.settle_duration[how.index()].record(took.as_secs_f64());
                 }
@@ -258,6 +574,87 @@ impl ConsumerMetrics {
             metrics::histogram!(PROCESS_DURATION, with(self.base.clone(), &[(OUTCOME, outcome)]))
                 .record(took.as_secs_f64());
         }
+    }
+}
+
+impl Flush for ConsumerMetrics {
+    fn flush(&self) {
+        let mut taken_off = self
+            .flushing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done: u64 = self
+            .settled
+            .iter()
+            .map(Count::get)
+            .chain([self.released.load(Ordering::Acquire)])
+            .fold(0, u64::saturating_add);
+        for (count, counter) in self.settled.iter().zip(&self.settled_counters) {
+            count.flush(counter);
+        }
+        if done > *taken_off {
+            #[allow(clippy::cast_precision_loss)] // a gauge is an f64
+            self.in_flight.decrement((done - *taken_off) as f64);
+            *taken_off = done;
+        }
+    }
+}
+
+/// One consumer's count of its deliveries: only that consumer adds to it
+/// (`recv` and `recv_many` take the consumer by `&mut`), so a delivery
+/// costs a load and a store, no atomic read-modify-write. Handed to its
+/// topic and group's counter and in-flight gauge with the rest, and when
+/// the consumer is dropped.
+#[derive(Debug)]
+pub(crate) struct Deliveries {
+    count: Count,
+    /// Its topic and group's handles.
+    pub(crate) of: &'static ConsumerMetrics,
+    /// Which deliveries' ages are recorded.
+    age_sampler: Sampler,
+    /// Serialises flushes.
+    flushing: Mutex<()>,
+}
+
+impl Deliveries {
+    /// A consumer's count, registered for flushing.
+    pub(crate) fn new(of: &'static ConsumerMetrics) -> std::sync::Arc<Self> {
+        let deliveries = std::sync::Arc::new(Deliveries {
+            count: Count::new(),
+            of,
+            age_sampler: Sampler::default(),
+            flushing: Mutex::new(()),
+        });
+        consumers().push(std::sync::Arc::downgrade(&deliveries));
+        deliveries
+    }
+
+    /// Counts a delivery (only its consumer calls this); whether its age
+    /// is to be recorded (see [`Sampler`]).
+    #[inline]
+    pub(crate) fn one(&self) -> bool {
+        let n = self.count.bump_single_writer();
+        self.age_sampler.pick(n)
+    }
+
+    fn flush(&self) {
+        let _one = self
+            .flushing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = self.count.get();
+        let before = self.count.flushed.swap(total, Ordering::Relaxed);
+        if total > before {
+            self.of.consumed_counter.increment(total - before);
+            #[allow(clippy::cast_precision_loss)] // a gauge is an f64
+            self.of.in_flight.increment((total - before) as f64);
+        }
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -49,22 +49,22 @@
 //!
 //! While metrics are off and no subscriber wants mq's spans, an
 //! instrumented producer or consumer hands out the backend's own futures:
-//! the cost is one relaxed load and `tracing`'s cached interest check per
-//! operation. Observed, an operation runs in a small future of mq's with
-//! its span entered; metrics add three clock reads per message (the
-//! send's start and end, the delivery's age) and the recorder's cost of
-//! each value (BENCHMARKS.md, "Instrumented").
+//! the cost is one relaxed load and `tracing`'s cached level check per
+//! operation. With metrics on and no subscriber wanting mq's spans, an
+//! operation runs in a lean future of mq's that counts it (an atomic add;
+//! a consumer's deliveries a plain store) and times it when the sampler
+//! picks it (see [`metric`]). With spans wanted, it runs in its span.
+//! BENCHMARKS.md ("Instrumented") has the figures.
 
 mod delivery;
 pub mod metric;
 #[cfg(feature = "otel")]
 pub(crate) mod otel;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -123,10 +123,46 @@ pub fn metrics_enabled() -> bool {
     METRICS.load(Ordering::Relaxed)
 }
 
-/// Whether an operation starting now is observed at all: metrics are on,
-/// or a `tracing` subscriber wants mq's spans (target `mq`, DEBUG).
-fn observing() -> bool {
-    metrics_enabled() || tracing::enabled!(target: "mq", tracing::Level::DEBUG)
+/// Hands everything mq has counted to the recorder now.
+///
+/// Messages sent, delivered and settled are counted in mq's own handles
+/// (an uncontended atomic add each, where a recorder's counter may cost
+/// several) and handed to the recorder every
+/// [`metric::FLUSH_INTERVAL`] by a thread of mq's (started with the first
+/// handle), when a producer or consumer closes or is dropped, and when
+/// this is called: before a last scrape, or before a test reads its
+/// recorder. Failures and durations reach the recorder at once.
+///
+/// ```
+/// mq_core::observe::flush_metrics();
+/// ```
+pub fn flush_metrics() {
+    metric::flush();
+}
+
+/// How an operation starting now is observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not at all: the backend's own future.
+    Off,
+    /// Metrics only (no subscriber wants mq's spans): a lean future that
+    /// counts, and times what the sampler picks.
+    Metrics,
+    /// Spans (and metrics if they are on).
+    Spans,
+}
+
+/// How an operation starting now is observed: spans when a `tracing`
+/// subscriber wants them (target `mq`, DEBUG), else metrics when they are
+/// on, else not at all.
+fn mode() -> Mode {
+    if tracing::enabled!(target: "mq", tracing::Level::DEBUG) {
+        Mode::Spans
+    } else if metrics_enabled() {
+        Mode::Metrics
+    } else {
+        Mode::Off
+    }
 }
 
 /// Where the broker is, for `server.address` and `server.port`.
@@ -209,7 +245,6 @@ impl Broker for Instrumented {
             inner,
             scope: self.scope.clone(),
             first: OnceLock::new(),
-            topics: RwLock::default(),
         }))
     }
 
@@ -253,54 +288,18 @@ struct InstrumentedProducer {
     scope: Arc<Scope>,
     /// The metric handles of the first topic sent to (most producers send
     /// to one), found without a lookup.
-    first: OnceLock<(Box<str>, metric::SendMetrics)>,
-    /// Metric handles of the other topics.
-    topics: RwLock<HashMap<String, Arc<metric::SendMetrics>>>,
-}
-
-/// A producer's metric handles for one topic.
-enum SendHandles<'a> {
-    First(&'a metric::SendMetrics),
-    Other(Arc<metric::SendMetrics>),
-}
-
-impl std::ops::Deref for SendHandles<'_> {
-    type Target = metric::SendMetrics;
-
-    fn deref(&self) -> &metric::SendMetrics {
-        match self {
-            SendHandles::First(m) => m,
-            SendHandles::Other(m) => m,
-        }
-    }
+    first: OnceLock<(Box<str>, &'static metric::SendMetrics)>,
 }
 
 impl InstrumentedProducer {
-    fn metrics(&self, topic: &str) -> SendHandles<'_> {
+    fn metrics(&self, topic: &str) -> &'static metric::SendMetrics {
         let (first, handles) = self
             .first
-            .get_or_init(|| (topic.into(), metric::SendMetrics::new(self.scope.system, topic)));
+            .get_or_init(|| (topic.into(), metric::SendMetrics::of(self.scope.system, topic)));
         if **first == *topic {
-            return SendHandles::First(handles);
+            return handles;
         }
-        let read = self
-            .topics
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(m) = read.get(topic) {
-            return SendHandles::Other(m.clone());
-        }
-        drop(read);
-        let mut write = self
-            .topics
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        SendHandles::Other(
-            write
-                .entry(topic.to_string())
-                .or_insert_with(|| Arc::new(metric::SendMetrics::new(self.scope.system, topic)))
-                .clone(),
-        )
+        metric::SendMetrics::of(self.scope.system, topic)
     }
 
     fn span(&self, topic: &str, first: Option<&Message>, count: Option<usize>) -> Span {
@@ -398,8 +397,9 @@ struct ObservedSend<'a, T, F> {
 struct RunningSend<'a, T> {
     inner: BoxFuture<'a, Result<T>>,
     span: Span,
-    /// The handles and the start, while metrics are on.
-    metrics: Option<(SendHandles<'a>, Instant)>,
+    /// The handles and, when the sampler picked this send, its start,
+    /// while metrics are on.
+    metrics: Option<(&'static metric::SendMetrics, Option<Instant>)>,
 }
 
 impl<'a, T, F> Future for ObservedSend<'a, T, F>
@@ -415,7 +415,11 @@ where
             this.running = Some(RunningSend {
                 inner,
                 span,
-                metrics: metrics_enabled().then(|| (this.producer.metrics(this.topic), Instant::now())),
+                metrics: metrics_enabled().then(|| {
+                    let metrics = this.producer.metrics(this.topic);
+                    let started = metrics.time_this().then(Instant::now);
+                    (metrics, started)
+                }),
             });
         }
         let Some(run) = this.running.as_mut() else {
@@ -432,13 +436,62 @@ where
             std::task::ready!(run.inner.as_mut().poll(cx))
         };
         if let Some((metrics, started)) = &run.metrics {
-            metrics.sent(this.count, started.elapsed(), result.as_ref().err());
+            metrics.sent(this.count, started.map(|s| s.elapsed()), result.as_ref().err());
         }
         if let Err(e) = &result {
             record_error(&run.span, e);
         }
         this.running = None;
         Poll::Ready(result)
+    }
+}
+
+/// A send (or batch) through an instrumented producer while metrics are
+/// on and no subscriber wants mq's spans: the backend's future, then the
+/// count (and the duration, when the sampler picked it). No span, no
+/// trace context (there is no span to carry).
+struct MeteredSend<'a, T> {
+    inner: BoxFuture<'a, Result<T>>,
+    metrics: &'static metric::SendMetrics,
+    count: usize,
+    /// Whether the sampler picked this send for timing.
+    timed: bool,
+    /// Its start (first poll), when timed.
+    started: Option<Instant>,
+}
+
+impl<T> Future for MeteredSend<'_, T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = &mut *self;
+        if this.timed && this.started.is_none() {
+            this.started = Some(Instant::now());
+        }
+        let result = std::task::ready!(this.inner.as_mut().poll(cx));
+        let took = this.started.take().map(|s| s.elapsed());
+        this.metrics.sent(this.count, took, result.as_ref().err());
+        Poll::Ready(result)
+    }
+}
+
+impl InstrumentedProducer {
+    /// The lean send of [`Mode::Metrics`].
+    fn metered<'a, T: 'a>(
+        &'a self,
+        topic: &str,
+        count: usize,
+        inner: BoxFuture<'a, Result<T>>,
+    ) -> BoxFuture<'a, Result<T>> {
+        let metrics = self.metrics(topic);
+        let timed = metrics.time_this();
+        Box::pin(MeteredSend {
+            inner,
+            metrics,
+            count,
+            timed,
+            started: None,
+        })
     }
 }
 
@@ -450,8 +503,10 @@ impl Producer for InstrumentedProducer {
         'b: 'f,
         Self: 'f,
     {
-        if !observing() {
-            return self.inner.send(topic, message);
+        match mode() {
+            Mode::Off => return self.inner.send(topic, message),
+            Mode::Metrics => return self.metered(topic, 1, self.inner.send(topic, message)),
+            Mode::Spans => {}
         }
         Box::pin(ObservedSend {
             producer: self,
@@ -482,10 +537,12 @@ impl Producer for InstrumentedProducer {
         'b: 'f,
         Self: 'f,
     {
-        if !observing() {
-            return self.inner.send_batch(topic, messages);
-        }
         let count = messages.len();
+        match mode() {
+            Mode::Off => return self.inner.send_batch(topic, messages),
+            Mode::Metrics => return self.metered(topic, count, self.inner.send_batch(topic, messages)),
+            Mode::Spans => {}
+        }
         Box::pin(ObservedSend {
             producer: self,
             topic,
@@ -512,7 +569,10 @@ impl Producer for InstrumentedProducer {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        let closed = self.inner.close().await;
+        // Counts reach the recorder every second; these now.
+        metric::flush();
+        closed
     }
 }
 
@@ -601,26 +661,60 @@ fn received(
                 span.record("messaging.message.id", message.id.as_str());
                 record_key(span, shared.scope.system, topic, message);
             }
-            Ok(Some(observe_delivery(shared, span, delivery)))
+            let mut delivery = delivery;
+            observe_delivery(shared, Some(span), &mut delivery);
+            Ok(Some(delivery))
         }
         Ok(None) => Ok(None),
         Err(e) => Err(receive_failed(shared, span, e)),
     }
 }
 
-/// Counts a delivery (and its age) and attaches its observation; `span`
-/// is the receive's, linked to the producer's context.
-fn observe_delivery(shared: &Arc<ConsumerObservation>, span: &Span, delivery: Delivery) -> Delivery {
+/// Counts a delivery (and its age, when the sampler picks it) and
+/// attaches its observation; `span` is the receive's, linked to the
+/// producer's context (`None` in [`Mode::Metrics`]: no span, no context).
+fn observe_delivery(shared: &Arc<ConsumerObservation>, span: Option<&Span>, delivery: &mut Delivery) {
     let message = delivery.message();
-    let metrics = shared.metrics();
-    if let Some(metrics) = metrics {
-        let age = SystemTime::now()
-            .duration_since(message.timestamp)
-            .unwrap_or_default();
-        metrics.consumed(age);
+    let deliveries = shared.deliveries();
+    if let Some(deliveries) = deliveries
+        && deliveries.one()
+    {
+        deliveries.of.age(
+            SystemTime::now()
+                .duration_since(message.timestamp)
+                .unwrap_or_default(),
+        );
     }
-    let observed = Observed::new(shared.clone(), metrics.is_some(), span, message);
-    delivery.observed(observed)
+    let metrics = deliveries.map(|d| d.of);
+    let observed = Observed::new(shared, metrics, span, message);
+    delivery.set_observed(observed);
+}
+
+/// A receive through an instrumented consumer in [`Mode::Metrics`]: the
+/// backend's future, then the count. Cancel-safe as the backend's is.
+struct MeteredRecv<'a> {
+    inner: BoxFuture<'a, Result<Option<Delivery>>>,
+    shared: &'a Arc<ConsumerObservation>,
+}
+
+impl Future for MeteredRecv<'_> {
+    type Output = Result<Option<Delivery>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        // In place: a delivery is large, and this runs per message.
+        let mut result = std::task::ready!(this.inner.as_mut().poll(cx));
+        match &mut result {
+            Ok(Some(delivery)) => observe_delivery(this.shared, None, delivery),
+            Ok(None) => {}
+            Err(e) => {
+                if let Some(metrics) = this.shared.metrics() {
+                    metrics.receive_failed(e);
+                }
+            }
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// Marks the span of a failed receive and counts the failure.
@@ -639,8 +733,15 @@ impl Consumer for InstrumentedConsumer {
         'a: 'f,
         Self: 'f,
     {
-        if !observing() {
-            return self.inner.recv();
+        match mode() {
+            Mode::Off => return self.inner.recv(),
+            Mode::Metrics => {
+                return Box::pin(MeteredRecv {
+                    inner: self.inner.recv(),
+                    shared: &self.shared,
+                });
+            }
+            Mode::Spans => {}
         }
         // Cancel-safe as the wrapped consumer is: nothing happens after
         // the inner `recv` completes but bookkeeping.
@@ -657,8 +758,26 @@ impl Consumer for InstrumentedConsumer {
     /// one `receive` span with `messaging.batch.message_count`; each
     /// delivery is counted and observed as one from `recv` is.
     async fn recv_many(&mut self, max: usize, wait: std::time::Duration) -> Result<Option<Vec<Delivery>>> {
-        if !observing() {
-            return self.inner.recv_many(max, wait).await;
+        match mode() {
+            Mode::Off => return self.inner.recv_many(max, wait).await,
+            Mode::Metrics => {
+                return match self.inner.recv_many(max, wait).await {
+                    Ok(Some(mut batch)) => {
+                        for delivery in &mut batch {
+                            observe_delivery(&self.shared, None, delivery);
+                        }
+                        Ok(Some(batch))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => {
+                        if let Some(metrics) = self.shared.metrics() {
+                            metrics.receive_failed(&e);
+                        }
+                        Err(e)
+                    }
+                };
+            }
+            Mode::Spans => {}
         }
         let span = receive_span(&self.shared.scope, &self.topic, &self.group);
         let result = in_span(self.inner.recv_many(max, wait), &span).await;
@@ -669,12 +788,11 @@ impl Consumer for InstrumentedConsumer {
                 }
                 // Per message: the count, the age and the producer's
                 // context, linked to the batch's span (which takes no id).
-                Ok(Some(
-                    batch
-                        .into_iter()
-                        .map(|delivery| observe_delivery(&self.shared, &span, delivery))
-                        .collect(),
-                ))
+                let mut batch = batch;
+                for delivery in &mut batch {
+                    observe_delivery(&self.shared, Some(&span), delivery);
+                }
+                Ok(Some(batch))
             }
             Ok(None) => Ok(None),
             Err(e) => Err(receive_failed(&self.shared, &span, e)),
@@ -682,6 +800,9 @@ impl Consumer for InstrumentedConsumer {
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.inner.close().await
+        let closed = self.inner.close().await;
+        // Counts reach the recorder every second; these now.
+        metric::flush();
+        closed
     }
 }

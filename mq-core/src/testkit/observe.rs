@@ -47,6 +47,8 @@ struct Seen {
 }
 
 fn snapshot() -> Vec<Seen> {
+    // Counts reach the recorder every second; hand them over now.
+    crate::observe::flush_metrics();
     recorder()
         .snapshot()
         .into_vec()
