@@ -216,6 +216,12 @@ impl Delivery {
         }
         let result = match &self.observed {
             None => self.handle.ack(self).await,
+            // No span wanted (metrics only): counted, not wrapped.
+            Some(observed) if !crate::observe::spans_wanted() => {
+                let result = self.handle.ack(self).await;
+                observed.settled(&tracing::Span::none(), Settle::Ack, None, &result);
+                result
+            }
             Some(observed) => self.observe(observed, Settle::Ack, self.handle.ack(self)).await,
         };
         self.finish(result, ACKED)

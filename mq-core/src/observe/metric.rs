@@ -143,12 +143,14 @@ impl Default for Sampler {
 }
 
 impl Sampler {
-    /// Whether to time operation number `n` of the handle (its count so
-    /// far); every [`ADAPT_EVERY`] operations, measures the rate first.
+    /// Whether to time operation number `n` of the handle on this thread
+    /// (this thread's count so far); every [`ADAPT_EVERY`] of them,
+    /// measures the rate first from `total`, the handle's count on every
+    /// thread.
     #[inline]
-    pub(crate) fn pick(&self, n: u64) -> bool {
+    pub(crate) fn pick(&self, n: u64, total: impl FnOnce() -> u64) -> bool {
         if n.is_multiple_of(ADAPT_EVERY) {
-            self.adapt(n);
+            self.adapt(total());
         }
         n & self.mask.load(Ordering::Relaxed) == 0
     }
@@ -160,13 +162,15 @@ impl Sampler {
         let Ok(mut since) = self.since.try_lock() else {
             return;
         };
+        if let Some((_, then)) = *since
+            && n.saturating_sub(then) < ADAPT_EVERY / 2
+        {
+            // Too few since (sends that failed, or another thread).
+            return;
+        }
         let now = Instant::now();
         if let Some((before, then)) = *since {
             let ops = n.saturating_sub(then);
-            if ops < ADAPT_EVERY / 2 {
-                // Too few since (concurrent sends saw the same count).
-                return;
-            }
             let secs = now.saturating_duration_since(before).as_secs_f64();
             #[allow(
                 clippy::cast_precision_loss,
@@ -273,9 +277,8 @@ where
     made
 }
 
-/// A count kept by mq and handed to a recorder's counter by increments;
-/// on a cache line of its own, so that a producer's and a consumer's
-/// counts on two threads do not share one.
+/// A count only one thread at a time adds to (a consumer's deliveries),
+/// on a cache line of its own.
 #[derive(Debug)]
 #[repr(align(128))]
 struct Count {
@@ -293,12 +296,6 @@ impl Count {
         }
     }
 
-    /// Adds `n`; the total before.
-    #[inline]
-    fn add(&self, n: u64) -> u64 {
-        self.total.fetch_add(n, Ordering::Release)
-    }
-
     /// Adds one where this is the only thread that adds: a load and a
     /// store, no atomic read-modify-write. The total before.
     #[inline]
@@ -310,16 +307,6 @@ impl Count {
 
     fn get(&self) -> u64 {
         self.total.load(Ordering::Acquire)
-    }
-
-    /// Hands what was counted since the last flush to `counter` (call
-    /// under the owner's flush lock).
-    fn flush(&self, counter: &Counter) {
-        let total = self.get();
-        let before = self.flushed.swap(total, Ordering::Relaxed);
-        if total > before {
-            counter.increment(total - before);
-        }
     }
 }
 
@@ -339,6 +326,102 @@ fn with(mut labels: Vec<Label>, extra: &[(&'static str, &'static str)]) -> Vec<L
     labels
 }
 
+/// How many threads get a slot of their own in a [`Sharded`] count (the
+/// first to count anything); the others share one more, with an atomic
+/// add.
+const SLOTS: usize = 16;
+
+static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's slot, once it has one.
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// This thread's slot of every [`Sharded`] count: its own for the first
+/// [`SLOTS`] threads to count, else the shared one ([`SLOTS`]).
+#[inline]
+fn slot() -> usize {
+    SLOT.with(|slot| {
+        let mine = slot.get();
+        if mine != usize::MAX {
+            return mine;
+        }
+        let mine = NEXT_SLOT.fetch_add(1, Ordering::Relaxed).min(SLOTS);
+        slot.set(mine);
+        mine
+    })
+}
+
+/// An atomic on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// A count that many threads add to: each thread adds to a slot only it
+/// writes (a load and a store, no atomic read-modify-write, which costs
+/// about 10 ns here), and a flush sums the slots, as Linux's per-CPU
+/// counters do.
+#[derive(Debug)]
+struct Sharded {
+    /// [`SLOTS`] threads' own, then the shared one.
+    slots: Box<[Padded]>,
+    /// Handed to the recorder so far (under the owner's flush lock).
+    flushed: AtomicU64,
+}
+
+impl Sharded {
+    fn new() -> Self {
+        Sharded {
+            slots: (0..=SLOTS).map(|_| Padded::default()).collect(),
+            flushed: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n`; this thread's count before (the total only in the shared
+    /// slot).
+    #[inline]
+    fn add(&self, n: u64) -> u64 {
+        let i = slot();
+        let Some(cell) = self.slots.get(i) else {
+            return 0;
+        };
+        if i < SLOTS {
+            let before = cell.0.load(Ordering::Relaxed);
+            cell.0.store(before.wrapping_add(n), Ordering::Release);
+            before
+        } else {
+            cell.0.fetch_add(n, Ordering::Release)
+        }
+    }
+
+    /// This thread's count so far.
+    #[inline]
+    fn mine(&self) -> u64 {
+        self.slots
+            .get(slot())
+            .map_or(0, |cell| cell.0.load(Ordering::Relaxed))
+    }
+
+    /// The total.
+    fn get(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|cell| cell.0.load(Ordering::Acquire))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// Hands what was counted since the last flush to `counter` (call
+    /// under the owner's flush lock).
+    fn flush(&self, counter: &Counter) {
+        let total = self.get();
+        let before = self.flushed.swap(total, Ordering::Relaxed);
+        if total > before {
+            counter.increment(total - before);
+        }
+    }
+}
+
 /// The handles of a topic's sends, shared by every producer in the
 /// process. Successful sends are counted here and handed to the recorder
 /// every [`FLUSH_INTERVAL`] and at close; failures go to the recorder at
@@ -348,7 +431,7 @@ pub(crate) struct SendMetrics {
     base: Vec<Label>,
     sent_counter: Counter,
     duration: Histogram,
-    sent: Count,
+    sent: Sharded,
     /// Serialises flushes.
     flushing: Mutex<()>,
     /// Which sends are timed.
@@ -367,7 +450,7 @@ impl SendMetrics {
                 sent_counter: metrics::counter!(SENT, base.clone()),
                 duration: metrics::histogram!(OPERATION_DURATION, with(base.clone(), &[(OPERATION, "send")])),
                 base,
-                sent: Count::new(),
+                sent: Sharded::new(),
                 flushing: Mutex::new(()),
                 sampler: Sampler::default(),
             }
@@ -377,7 +460,7 @@ impl SendMetrics {
     /// Whether the send starting now is timed (see [`Sampler`]).
     #[inline]
     pub(crate) fn time_this(&self) -> bool {
-        self.sampler.pick(self.sent.get())
+        self.sampler.pick(self.sent.mine(), || self.sent.get())
     }
 
     /// Records a send of `count` messages; `took` is `None` when the
@@ -477,7 +560,7 @@ pub(crate) struct ConsumerMetrics {
     settled_counters: [Counter; 3],
     settle_duration: [Histogram; 3],
     process_ok: Histogram,
-    settled: [Count; 3],
+    settled: [Sharded; 3],
     /// Deliveries dropped unsettled.
     released: AtomicU64,
     /// Serialises flushes, and holds the settles and releases last taken
@@ -512,7 +595,7 @@ impl ConsumerMetrics {
                 settled_counters,
                 settle_duration,
                 base,
-                settled: [Count::new(), Count::new(), Count::new()],
+                settled: [Sharded::new(), Sharded::new(), Sharded::new()],
                 released: AtomicU64::new(0),
                 flushing: Mutex::new(0),
             }
@@ -586,7 +669,7 @@ impl Flush for ConsumerMetrics {
         let done: u64 = self
             .settled
             .iter()
-            .map(Count::get)
+            .map(Sharded::get)
             .chain([self.released.load(Ordering::Acquire)])
             .fold(0, u64::saturating_add);
         for (count, counter) in self.settled.iter().zip(&self.settled_counters) {
@@ -634,7 +717,7 @@ impl Deliveries {
     #[inline]
     pub(crate) fn one(&self) -> bool {
         let n = self.count.bump_single_writer();
-        self.age_sampler.pick(n)
+        self.age_sampler.pick(n, || n)
     }
 
     fn flush(&self) {

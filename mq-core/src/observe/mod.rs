@@ -152,11 +152,15 @@ enum Mode {
     Spans,
 }
 
+/// Whether a `tracing` subscriber wants mq's spans (target `mq`, DEBUG).
+pub(crate) fn spans_wanted() -> bool {
+    tracing::enabled!(target: "mq", tracing::Level::DEBUG)
+}
+
 /// How an operation starting now is observed: spans when a `tracing`
-/// subscriber wants them (target `mq`, DEBUG), else metrics when they are
-/// on, else not at all.
+/// subscriber wants them, else metrics when they are on, else not at all.
 fn mode() -> Mode {
-    if tracing::enabled!(target: "mq", tracing::Level::DEBUG) {
+    if spans_wanted() {
         Mode::Spans
     } else if metrics_enabled() {
         Mode::Metrics
@@ -468,10 +472,12 @@ impl<T> Future for MeteredSend<'_, T> {
         if this.timed && this.started.is_none() {
             this.started = Some(Instant::now());
         }
-        let result = std::task::ready!(this.inner.as_mut().poll(cx));
-        let took = this.started.take().map(|s| s.elapsed());
-        this.metrics.sent(this.count, took, result.as_ref().err());
-        Poll::Ready(result)
+        let poll = this.inner.as_mut().poll(cx);
+        if let Poll::Ready(result) = &poll {
+            let took = this.started.take().map(|s| s.elapsed());
+            this.metrics.sent(this.count, took, result.as_ref().err());
+        }
+        poll
     }
 }
 
@@ -702,18 +708,19 @@ impl Future for MeteredRecv<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        // In place: a delivery is large, and this runs per message.
-        let mut result = std::task::ready!(this.inner.as_mut().poll(cx));
-        match &mut result {
-            Ok(Some(delivery)) => observe_delivery(this.shared, None, delivery),
-            Ok(None) => {}
-            Err(e) => {
+        // In place, in the backend's own `Poll`: a delivery is large, and
+        // this runs per message.
+        let mut poll = this.inner.as_mut().poll(cx);
+        match &mut poll {
+            Poll::Ready(Ok(Some(delivery))) => observe_delivery(this.shared, None, delivery),
+            Poll::Ready(Err(e)) => {
                 if let Some(metrics) = this.shared.metrics() {
                     metrics.receive_failed(e);
                 }
             }
+            Poll::Ready(Ok(None)) | Poll::Pending => {}
         }
-        Poll::Ready(result)
+        poll
     }
 }
 
