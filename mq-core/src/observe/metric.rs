@@ -17,8 +17,8 @@
 //! | [`LAG_IN_FLIGHT`] `mq.consumer.lag.in_flight` | gauge | messages | system, destination, group (where the backend tells) |
 //!
 //! **Counts** (messages sent, consumed and settled, and the in-flight
-//! gauge) are kept in mq's handles, an atomic add each, and handed to the
-//! recorder every [`FLUSH_INTERVAL`] by a thread of mq's, when a producer
+//! gauge) are kept in mq's handles, a slot per thread (a load and a
+//! store per message), and handed to the recorder every [`FLUSH_INTERVAL`] by a thread of mq's, when a producer
 //! or consumer closes, and on [`flush_metrics`](super::flush_metrics):
 //! they are exact, and up to a second late. Failures, durations and lag
 //! reach the recorder at once.

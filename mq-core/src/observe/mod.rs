@@ -51,9 +51,9 @@
 //! instrumented producer or consumer hands out the backend's own futures:
 //! the cost is one relaxed load and `tracing`'s cached level check per
 //! operation. With metrics on and no subscriber wanting mq's spans, an
-//! operation runs in a lean future of mq's that counts it (an atomic add;
-//! a consumer's deliveries a plain store) and times it when the sampler
-//! picks it (see [`metric`]). With spans wanted, it runs in its span.
+//! operation runs in a lean future of mq's that counts it (a load and a
+//! store in a slot of its thread's) and times it when the sampler picks it
+//! (see [`metric`]). With spans wanted, it runs in its span.
 //! BENCHMARKS.md ("Instrumented") has the figures.
 
 mod delivery;
@@ -126,11 +126,10 @@ pub fn metrics_enabled() -> bool {
 /// Hands everything mq has counted to the recorder now.
 ///
 /// Messages sent, delivered and settled are counted in mq's own handles
-/// (an uncontended atomic add each, where a recorder's counter may cost
-/// several) and handed to the recorder every
+/// (a load and a store in a slot of the counting thread's, where a
+/// recorder's counter costs atomic adds) and handed to the recorder every
 /// [`metric::FLUSH_INTERVAL`] by a thread of mq's (started with the first
-/// handle), when a producer or consumer closes or is dropped, and when
-/// this is called: before a last scrape, or before a test reads its
+/// handle), when a producer or consumer closes, and when this is called: before a last scrape, or before a test reads its
 /// recorder. Failures and durations reach the recorder at once.
 ///
 /// ```
