@@ -5,10 +5,13 @@
 //! recorder is process-wide.
 #![allow(clippy::expect_used)]
 
+mod common;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use common::{Seen, value};
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use mq_core::observe::metric;
 use mq_core::{Broker, Message, ProducerOptions, Subscription};
 
@@ -24,44 +27,8 @@ fn recorder() -> &'static Snapshotter {
     })
 }
 
-/// What the recorder got since the last look (a snapshot drains every
-/// series it shows).
-type Seen = Vec<(metrics_util::CompositeKey, DebugValue)>;
-
 fn look() -> Seen {
-    recorder()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| (key, value))
-        .collect()
-}
-
-/// The value of `name` for `topic` in `seen` (a histogram's: its number
-/// of values), with `extra` labels; `None` when there is no such series.
-fn value(seen: &Seen, name: &str, topic: &str, extra: &[(&str, &str)]) -> Option<f64> {
-    let mut total = None;
-    for (key, value) in seen {
-        let key = key.key();
-        let matches = key.name() == name
-            && key
-                .labels()
-                .any(|l| l.key() == metric::DESTINATION && l.value() == topic)
-            && extra
-                .iter()
-                .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v));
-        if !matches {
-            continue;
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let v = match value {
-            DebugValue::Counter(c) => *c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        *total.get_or_insert(0.0) += v;
-    }
-    total
+    common::look(recorder())
 }
 
 /// Sends `n` messages to `topic` while a consumer receives and acks them

@@ -5,10 +5,13 @@
 //! process-wide.
 #![allow(clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use common::Seen;
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use mq_core::observe::metric;
 use mq_core::{Broker, Message, ProducerOptions, Subscription};
 
@@ -38,40 +41,16 @@ async fn round_trip(broker: &Arc<dyn Broker>, topic: &str, n: usize) {
     }
 }
 
-/// What the recorder holds now (a snapshot drains the histograms).
-type Seen = Vec<(metrics_util::CompositeKey, DebugValue)>;
-
+/// What the recorder got since the last look, mq's counts handed over
+/// first.
 fn snapshot(snapshotter: &Snapshotter) -> Seen {
     mq_core::observe::flush_metrics();
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| (key, value))
-        .collect()
+    common::look(snapshotter)
 }
 
-/// The value of `name` for `topic` (a histogram's: its number of values;
-/// none recorded: `None`).
+/// The value of `name` for `topic` in `seen`.
 fn value(seen: &Seen, name: &str, topic: &str) -> Option<f64> {
-    let mut total = None;
-    for (key, value) in seen {
-        let key = key.key();
-        let of_topic = key
-            .labels()
-            .any(|l| l.key() == metric::DESTINATION && l.value() == topic);
-        if key.name() != name || !of_topic {
-            continue;
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let v = match value {
-            DebugValue::Counter(c) => *c as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(h) => h.len() as f64,
-        };
-        *total.get_or_insert(0.0) += v;
-    }
-    total
+    common::value(seen, name, topic, &[])
 }
 
 #[tokio::test]
