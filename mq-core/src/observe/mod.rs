@@ -43,7 +43,9 @@
 //!
 //! Off until [`enable_metrics`]`(true)`, which the application calls once
 //! it has installed its recorder. See [`metric`] for the names and labels.
-//! Handles are registered on first use once metrics are on.
+//! Handles are registered on first use once metrics are on, once per
+//! topic (and group) for the life of the process, with the recorder
+//! installed then.
 //!
 //! ## Cost
 //!
@@ -113,7 +115,8 @@ static METRICS: AtomicBool = AtomicBool::new(false);
 /// facade cannot tell whether a recorder is installed: without the switch,
 /// every message would pay for clock reads and handles nobody records.
 /// Handles are registered on first use, so the switch may be flipped at
-/// any time.
+/// any time; each topic's (and group's) are registered once for the life
+/// of the process, with the recorder installed then: install it first.
 pub fn enable_metrics(on: bool) {
     METRICS.store(on, Ordering::Relaxed);
 }
