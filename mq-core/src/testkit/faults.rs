@@ -32,6 +32,13 @@ pub struct FaultReport {
     /// Deliveries each consumer received after the last fault (timed-out,
     /// plain): both kept working, neither was made anew.
     pub after_faults: (usize, usize),
+    /// Messages sent after the run, one every 100 ms, until both
+    /// consumers had received since the last fault (a consumer whose
+    /// reconnect backed off past the end of the traffic): 0 when both
+    /// already had.
+    pub top_up: usize,
+    /// How long the top-up took.
+    pub top_up_took: Duration,
     /// Polls of the timed-out consumer cut short by its timeout.
     pub timeouts: usize,
     /// How long the run took.
@@ -44,7 +51,7 @@ impl std::fmt::Display for FaultReport {
             f,
             "sent {}, confirmed {}, send errors {}, confirmed-lost {}, duplicates {}, \
              recv errors {}/{}, received after the last fault {}/{} (500 ms timeouts / plain recv), \
-             {} recv timeouts, {:.1?}",
+             {} topped up in {:.1?}, {} recv timeouts, {:.1?}",
             self.sent,
             self.confirmed,
             self.send_errors,
@@ -54,6 +61,8 @@ impl std::fmt::Display for FaultReport {
             self.recv_errors.1,
             self.after_faults.0,
             self.after_faults.1,
+            self.top_up,
+            self.top_up_took,
             self.timeouts,
             self.took
         )
@@ -114,19 +123,21 @@ where
     let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let faults_done = Arc::new(AtomicBool::new(false));
     let stop = tokio_util::sync::CancellationToken::new();
+    // What each consumer received after the last fault, as it goes.
+    let (timed_after, plain_after) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
 
     let timed = tokio::spawn(receive(
         timed,
         Some(Duration::from_millis(500)),
         seen.clone(),
-        faults_done.clone(),
+        (faults_done.clone(), timed_after.clone()),
         stop.clone(),
     ));
     let plain = tokio::spawn(receive(
         plain,
         None,
         seen.clone(),
-        faults_done.clone(),
+        (faults_done.clone(), plain_after.clone()),
         stop.clone(),
     ));
 
@@ -212,6 +223,24 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Both consumers are to receive after the last fault. One whose
+    // reconnect backed off past the end of the traffic gets more, a
+    // message every 100 ms, for at most 60 s (within the bound): a
+    // consumer that stopped for good still fails the check, and the
+    // report says how long the slow one took.
+    let top_up_started = Instant::now();
+    let top_up_until = (top_up_started + Duration::from_secs(60)).min(deadline);
+    while (timed_after.load(Ordering::Acquire) == 0 || plain_after.load(Ordering::Acquire) == 0)
+        && Instant::now() < top_up_until
+        && !(timed.is_finished() && plain.is_finished())
+    {
+        let send = producer.send(&topic, Message::new(format!("top-up-{}", report.top_up)));
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), send).await {
+            report.top_up += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report.top_up_took = top_up_started.elapsed();
     // Late duplicates have a moment to show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
@@ -222,7 +251,10 @@ where
         .await
         .unwrap_or_else(|e| panic!("the plain consumer's task failed: {e}"));
     report.recv_errors = (timed.errors, plain.errors);
-    report.after_faults = (timed.after_faults, plain.after_faults);
+    report.after_faults = (
+        timed_after.load(Ordering::Acquire),
+        plain_after.load(Ordering::Acquire),
+    );
     report.timeouts = timed.timeouts;
     report.duplicates = seen
         .lock()
@@ -243,7 +275,6 @@ async fn subscribe(broker: &Arc<dyn Broker>, sub: Subscription) -> Box<dyn Consu
 
 struct Received {
     errors: usize,
-    after_faults: usize,
     timeouts: usize,
 }
 
@@ -253,12 +284,11 @@ async fn receive(
     mut consumer: Box<dyn Consumer>,
     timeout: Option<Duration>,
     seen: Arc<Mutex<HashMap<String, usize>>>,
-    faults_done: Arc<AtomicBool>,
+    (faults_done, after_faults): (Arc<AtomicBool>, Arc<AtomicUsize>),
     stop: tokio_util::sync::CancellationToken,
 ) -> Received {
     let mut r = Received {
         errors: 0,
-        after_faults: 0,
         timeouts: 0,
     };
     loop {
@@ -286,7 +316,7 @@ async fn receive(
                     .entry(d.message().id.clone())
                     .or_default() += 1;
                 if faults_done.load(Ordering::Acquire) {
-                    r.after_faults += 1;
+                    after_faults.fetch_add(1, Ordering::AcqRel);
                 }
                 // An ack on a connection that was lost fails; the message
                 // comes again (a duplicate, not a loss).
