@@ -752,3 +752,49 @@ pub(crate) fn record_lag(system: &'static str, lag: &Lag) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More threads than there are slots add at once: the sum is exact,
+    /// the threads past [`SLOTS`] sharing the last slot.
+    #[test]
+    fn a_sharded_count_sums_every_thread_s_adds() {
+        let count = std::sync::Arc::new(Sharded::new());
+        let threads: Vec<_> = (0..SLOTS + 8)
+            .map(|_| {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        count.add(1);
+                    }
+                    count.add(5);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("an adding thread");
+        }
+        assert_eq!(count.get(), (SLOTS as u64 + 8) * 1005);
+    }
+
+    /// Every operation is timed until the first rate check; at a tight
+    /// loop's rate one in [`MAX_STRIDE`] is.
+    #[test]
+    fn the_sampler_times_everything_at_first_and_samples_a_busy_handle() {
+        let sampler = Sampler::default();
+        let first = (0..ADAPT_EVERY).filter(|n| sampler.pick(*n, || *n)).count();
+        assert_eq!(first, 1024, "the first {ADAPT_EVERY} operations");
+        // A million picks take well under a second even in a debug build
+        // on a busy machine: thousands a second, so the stride grows.
+        let picked = (ADAPT_EVERY..1_000_000)
+            .filter(|n| sampler.pick(*n, || *n))
+            .count();
+        assert!(
+            picked < 1_000_000 / 8,
+            "{picked} of {} timed at a tight loop's rate",
+            1_000_000 - ADAPT_EVERY
+        );
+    }
+}
