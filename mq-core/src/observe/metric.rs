@@ -18,9 +18,10 @@
 //!
 //! **Counts** (messages sent, consumed and settled, and the in-flight
 //! gauge) are kept in mq's handles, a slot per thread (a load and a
-//! store per message), and handed to the recorder every [`FLUSH_INTERVAL`] by a thread of mq's, when a producer
-//! or consumer closes, and on [`flush_metrics`](super::flush_metrics):
-//! they are exact, and up to a second late. Failures, durations and lag
+//! store per message), and handed to the recorder every
+//! [`FLUSH_INTERVAL`] by a thread of mq's, when a producer or consumer
+//! closes, and on [`flush_metrics`](super::flush_metrics): they are
+//! exact, and up to a second late. Failures, durations and lag
 //! reach the recorder at once.
 //!
 //! **Durations** of sends ([`OPERATION_DURATION`] with `send`) and ages
@@ -277,6 +278,13 @@ where
     made
 }
 
+/// What `total` adds to what was handed to the recorder so far, which
+/// `flushed` holds and now becomes `total` (call under the owner's flush
+/// lock).
+fn unflushed(total: u64, flushed: &AtomicU64) -> u64 {
+    total.saturating_sub(flushed.swap(total, Ordering::Relaxed))
+}
+
 /// A count only one thread at a time adds to (a consumer's deliveries),
 /// on a cache line of its own.
 #[derive(Debug)]
@@ -378,20 +386,18 @@ impl Sharded {
         }
     }
 
-    /// Adds `n`; this thread's count before (the total only in the shared
-    /// slot).
+    /// Adds `n`.
     #[inline]
-    fn add(&self, n: u64) -> u64 {
+    fn add(&self, n: u64) {
         let i = slot();
         let Some(cell) = self.slots.get(i) else {
-            return 0;
+            return;
         };
         if i < SLOTS {
             let before = cell.0.load(Ordering::Relaxed);
             cell.0.store(before.wrapping_add(n), Ordering::Release);
-            before
         } else {
-            cell.0.fetch_add(n, Ordering::Release)
+            cell.0.fetch_add(n, Ordering::Release);
         }
     }
 
@@ -414,10 +420,9 @@ impl Sharded {
     /// Hands what was counted since the last flush to `counter` (call
     /// under the owner's flush lock).
     fn flush(&self, counter: &Counter) {
-        let total = self.get();
-        let before = self.flushed.swap(total, Ordering::Relaxed);
-        if total > before {
-            counter.increment(total - before);
+        let new = unflushed(self.get(), &self.flushed);
+        if new > 0 {
+            counter.increment(new);
         }
     }
 }
@@ -725,12 +730,11 @@ impl Deliveries {
             .flushing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total = self.count.get();
-        let before = self.count.flushed.swap(total, Ordering::Relaxed);
-        if total > before {
-            self.of.consumed_counter.increment(total - before);
+        let new = unflushed(self.count.get(), &self.count.flushed);
+        if new > 0 {
+            self.of.consumed_counter.increment(new);
             #[allow(clippy::cast_precision_loss)] // a gauge is an f64
-            self.of.in_flight.increment((total - before) as f64);
+            self.of.in_flight.increment(new as f64);
         }
     }
 }
@@ -780,7 +784,8 @@ mod tests {
     }
 
     /// Every operation is timed until the first rate check; at a tight
-    /// loop's rate one in [`MAX_STRIDE`] is.
+    /// loop's rate few are (one in [`MAX_STRIDE`] once the rate is known;
+    /// the check allows for a busy machine).
     #[test]
     fn the_sampler_times_everything_at_first_and_samples_a_busy_handle() {
         let sampler = Sampler::default();

@@ -132,8 +132,9 @@ pub fn metrics_enabled() -> bool {
 /// (a load and a store in a slot of the counting thread's, where a
 /// recorder's counter costs atomic adds) and handed to the recorder every
 /// [`metric::FLUSH_INTERVAL`] by a thread of mq's (started with the first
-/// handle), when a producer or consumer closes, and when this is called: before a last scrape, or before a test reads its
-/// recorder. Failures and durations reach the recorder at once.
+/// handle), when a producer or consumer closes, and when this is called:
+/// before a last scrape, or before a test reads its recorder. Failures
+/// and durations reach the recorder at once.
 ///
 /// ```
 /// mq_core::observe::flush_metrics();
@@ -674,7 +675,10 @@ fn received(
             Ok(Some(delivery))
         }
         Ok(None) => Ok(None),
-        Err(e) => Err(receive_failed(shared, span, e)),
+        Err(e) => {
+            receive_failed(shared, span, &e);
+            Err(e)
+        }
     }
 }
 
@@ -715,11 +719,7 @@ impl Future for MeteredRecv<'_> {
         let mut poll = this.inner.as_mut().poll(cx);
         match &mut poll {
             Poll::Ready(Ok(Some(delivery))) => observe_delivery(this.shared, None, delivery),
-            Poll::Ready(Err(e)) => {
-                if let Some(metrics) = this.shared.metrics() {
-                    metrics.receive_failed(e);
-                }
-            }
+            Poll::Ready(Err(e)) => receive_failed(this.shared, &Span::none(), e),
             Poll::Ready(Ok(None)) | Poll::Pending => {}
         }
         poll
@@ -727,12 +727,11 @@ impl Future for MeteredRecv<'_> {
 }
 
 /// Marks the span of a failed receive and counts the failure.
-fn receive_failed(shared: &ConsumerObservation, span: &Span, e: Error) -> Error {
-    record_error(span, &e);
+fn receive_failed(shared: &ConsumerObservation, span: &Span, e: &Error) {
+    record_error(span, e);
     if let Some(metrics) = shared.metrics() {
-        metrics.receive_failed(&e);
+        metrics.receive_failed(e);
     }
-    e
 }
 
 #[async_trait]
@@ -767,44 +766,35 @@ impl Consumer for InstrumentedConsumer {
     /// one `receive` span with `messaging.batch.message_count`; each
     /// delivery is counted and observed as one from `recv` is.
     async fn recv_many(&mut self, max: usize, wait: std::time::Duration) -> Result<Option<Vec<Delivery>>> {
-        match mode() {
-            Mode::Off => return self.inner.recv_many(max, wait).await,
-            Mode::Metrics => {
-                return match self.inner.recv_many(max, wait).await {
-                    Ok(Some(mut batch)) => {
-                        for delivery in &mut batch {
-                            observe_delivery(&self.shared, None, delivery);
-                        }
-                        Ok(Some(batch))
-                    }
-                    Ok(None) => Ok(None),
-                    Err(e) => {
-                        if let Some(metrics) = self.shared.metrics() {
-                            metrics.receive_failed(&e);
-                        }
-                        Err(e)
-                    }
-                };
-            }
-            Mode::Spans => {}
+        let mode = mode();
+        if mode == Mode::Off {
+            return self.inner.recv_many(max, wait).await;
         }
-        let span = receive_span(&self.shared.scope, &self.topic, &self.group);
+        // With metrics only, no span: the deliveries keep no context.
+        let span = if mode == Mode::Spans {
+            receive_span(&self.shared.scope, &self.topic, &self.group)
+        } else {
+            Span::none()
+        };
+        let traced = (mode == Mode::Spans).then_some(&span);
         let result = in_span(self.inner.recv_many(max, wait), &span).await;
         match result {
-            Ok(Some(batch)) => {
+            Ok(Some(mut batch)) => {
                 if !span.is_disabled() {
                     span.record("messaging.batch.message_count", batch.len());
                 }
                 // Per message: the count, the age and the producer's
                 // context, linked to the batch's span (which takes no id).
-                let mut batch = batch;
                 for delivery in &mut batch {
-                    observe_delivery(&self.shared, Some(&span), delivery);
+                    observe_delivery(&self.shared, traced, delivery);
                 }
                 Ok(Some(batch))
             }
             Ok(None) => Ok(None),
-            Err(e) => Err(receive_failed(&self.shared, &span, e)),
+            Err(e) => {
+                receive_failed(&self.shared, &span, &e);
+                Err(e)
+            }
         }
     }
 
