@@ -32,6 +32,36 @@ pub trait Consumer: Send + fmt::Debug {
     /// timeouts.
     async fn recv(&mut self) -> Result<Option<Delivery>>;
 
+    /// [`recv`](Consumer::recv), with `hook` handed the result before it
+    /// is returned. mq's instrumentation ([`observe`](crate::observe))
+    /// receives through this while metrics are on and no subscriber wants
+    /// its spans.
+    ///
+    /// The default wraps `recv`'s future in one of its own. A backend
+    /// whose receives are cheap enough for that allocation to show
+    /// overrides it to end its own future with
+    /// [`RecvHook::finish`](crate::observe::RecvHook::finish), with nothing
+    /// awaited between the result and the hook, as mq-memory does.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Consumer::recv).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`recv`](Consumer::recv).
+    fn recv_observed<'a, 'h, 'f>(
+        &'a mut self,
+        hook: crate::observe::RecvHook<'h>,
+    ) -> BoxFuture<'f, Result<Option<Delivery>>>
+    where
+        'a: 'f,
+        'h: 'f,
+        Self: 'f,
+    {
+        hook.around(self.recv())
+    }
+
     /// Up to `max` deliveries at once: waits at most `wait` for the first,
     /// then takes every one that is ready without waiting (at most the
     /// prefetch are ever unsettled). `Ok(Some(v))` with `v` empty: none

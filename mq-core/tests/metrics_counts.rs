@@ -13,7 +13,10 @@ use std::time::Duration;
 use common::{Seen, value};
 use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use mq_core::observe::metric;
-use mq_core::{Broker, Message, ProducerOptions, Subscription};
+use mq_core::{
+    Broker, Capabilities, Consumer, Delivery, Message, Producer, ProducerOptions, Receipt, Result,
+    Subscription, async_trait,
+};
 
 /// The recorder of this binary, installed once, with mq's metrics on.
 fn recorder() -> &'static Snapshotter {
@@ -71,6 +74,7 @@ async fn round_trip(broker: &Arc<dyn Broker>, topic: &str, n: usize) {
 async fn counts_are_exact_and_durations_sampled() {
     counts_reach_the_recorder_within_the_flush_interval_unasked().await;
     a_busy_topic_is_counted_exactly_and_its_durations_sampled().await;
+    a_backend_without_the_hooks_is_counted_exactly().await;
 }
 
 async fn counts_reach_the_recorder_within_the_flush_interval_unasked() {
@@ -136,4 +140,80 @@ async fn a_busy_topic_is_counted_exactly_and_its_durations_sampled() {
             "{what}: {recorded} of {N} recorded at {rate:.0} messages/s"
         );
     }
+}
+
+/// A backend that keeps the defaults of `Producer::send_observed` and
+/// `Consumer::recv_observed` (mq-memory overrides both): the memory
+/// broker behind a layer that forwards the rest.
+#[derive(Debug)]
+struct Plain(mq_memory::MemoryBroker);
+
+#[derive(Debug)]
+struct PlainProducer(Box<dyn Producer>);
+
+#[derive(Debug)]
+struct PlainConsumer(Box<dyn Consumer>);
+
+#[async_trait]
+impl Broker for Plain {
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn producer(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        Ok(Box::new(PlainProducer(self.0.producer(options).await?)))
+    }
+    async fn subscribe(&self, subscription: Subscription) -> Result<Box<dyn Consumer>> {
+        Ok(Box::new(PlainConsumer(self.0.subscribe(subscription).await?)))
+    }
+    async fn close(&self) -> Result<()> {
+        self.0.close().await
+    }
+}
+
+#[async_trait]
+impl Producer for PlainProducer {
+    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
+        self.0.send(topic, message).await
+    }
+    async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        self.0.send_batch(topic, messages).await
+    }
+    async fn flush(&self) -> Result<()> {
+        self.0.flush().await
+    }
+}
+
+#[async_trait]
+impl Consumer for PlainConsumer {
+    async fn recv(&mut self) -> Result<Option<Delivery>> {
+        self.0.recv().await
+    }
+    async fn close(&mut self) -> Result<()> {
+        self.0.close().await
+    }
+}
+
+async fn a_backend_without_the_hooks_is_counted_exactly() {
+    recorder();
+    const N: usize = 2_000;
+    let broker = mq_core::observe::instrument(Arc::new(Plain(mq_memory::MemoryBroker::new())));
+    round_trip(&broker, "plain", N).await;
+    mq_core::observe::flush_metrics();
+    let seen = look();
+    let n = Some(N as f64);
+    assert_eq!(value(&seen, metric::SENT, "plain", &[]), n, "sent");
+    assert_eq!(value(&seen, metric::CONSUMED, "plain", &[]), n, "consumed");
+    assert_eq!(
+        value(&seen, metric::SETTLED, "plain", &[(metric::OUTCOME, "acked")]),
+        n,
+        "acked"
+    );
+    assert_eq!(
+        value(&seen, metric::IN_FLIGHT, "plain", &[]),
+        Some(0.0),
+        "in flight"
+    );
 }

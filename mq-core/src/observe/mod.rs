@@ -453,18 +453,52 @@ where
     }
 }
 
-/// A send (or batch) through an instrumented producer while metrics are
-/// on and no subscriber wants mq's spans: the backend's future, then the
-/// count (and the duration, when the sampler picked it). No span, no
-/// trace context (there is no span to carry).
-struct MeteredSend<'a, T> {
-    inner: BoxFuture<'a, Result<T>>,
+/// What mq's instrumentation counts when a send ends, while metrics are on
+/// and no subscriber wants mq's spans; handed to
+/// [`Producer::send_observed`], which calls [`finish`](SendHook::finish)
+/// with the outcome. It counts nothing if dropped unfinished (a send
+/// whose future was dropped is not known to have been sent).
+#[derive(Debug)]
+pub struct SendHook {
     metrics: &'static metric::SendMetrics,
     count: usize,
-    /// Whether the sampler picked this send for timing.
-    timed: bool,
-    /// Its start (first poll), when timed.
+    /// The start, when the sampler picked this send for timing.
     started: Option<Instant>,
+}
+
+impl SendHook {
+    /// A send of `count` messages to the topic of `metrics`, starting now.
+    fn new(metrics: &'static metric::SendMetrics, count: usize) -> Self {
+        SendHook {
+            metrics,
+            count,
+            started: metrics.time_this().then(Instant::now),
+        }
+    }
+
+    /// Counts the send (and times it, when the sampler picked it) by its
+    /// outcome: call it once, when the send has its result.
+    pub fn finish<T>(self, result: &Result<T>) {
+        let took = self.started.map(|s| s.elapsed());
+        self.metrics.sent(self.count, took, result.as_ref().err());
+    }
+
+    /// `send`, then this hook: the default of [`Producer::send_observed`].
+    pub(crate) fn around<'a, T: 'a>(self, inner: BoxFuture<'a, Result<T>>) -> BoxFuture<'a, Result<T>> {
+        Box::pin(MeteredSend {
+            inner,
+            hook: Some(self),
+        })
+    }
+}
+
+/// A send (or batch) through an instrumented producer while metrics are
+/// on and no subscriber wants mq's spans, for a backend that does not end
+/// its own future with the hook: the backend's future, then the count. No
+/// span, no trace context (there is no span to carry).
+struct MeteredSend<'a, T> {
+    inner: BoxFuture<'a, Result<T>>,
+    hook: Option<SendHook>,
 }
 
 impl<T> Future for MeteredSend<'_, T> {
@@ -472,35 +506,13 @@ impl<T> Future for MeteredSend<'_, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = &mut *self;
-        if this.timed && this.started.is_none() {
-            this.started = Some(Instant::now());
-        }
         let poll = this.inner.as_mut().poll(cx);
-        if let Poll::Ready(result) = &poll {
-            let took = this.started.take().map(|s| s.elapsed());
-            this.metrics.sent(this.count, took, result.as_ref().err());
+        if let Poll::Ready(result) = &poll
+            && let Some(hook) = this.hook.take()
+        {
+            hook.finish(result);
         }
         poll
-    }
-}
-
-impl InstrumentedProducer {
-    /// The lean send of [`Mode::Metrics`].
-    fn metered<'a, T: 'a>(
-        &'a self,
-        topic: &str,
-        count: usize,
-        inner: BoxFuture<'a, Result<T>>,
-    ) -> BoxFuture<'a, Result<T>> {
-        let metrics = self.metrics(topic);
-        let timed = metrics.time_this();
-        Box::pin(MeteredSend {
-            inner,
-            metrics,
-            count,
-            timed,
-            started: None,
-        })
     }
 }
 
@@ -514,7 +526,10 @@ impl Producer for InstrumentedProducer {
     {
         match mode() {
             Mode::Off => return self.inner.send(topic, message),
-            Mode::Metrics => return self.metered(topic, 1, self.inner.send(topic, message)),
+            Mode::Metrics => {
+                let hook = SendHook::new(self.metrics(topic), 1);
+                return self.inner.send_observed(topic, message, hook);
+            }
             Mode::Spans => {}
         }
         Box::pin(ObservedSend {
@@ -549,7 +564,10 @@ impl Producer for InstrumentedProducer {
         let count = messages.len();
         match mode() {
             Mode::Off => return self.inner.send_batch(topic, messages),
-            Mode::Metrics => return self.metered(topic, count, self.inner.send_batch(topic, messages)),
+            Mode::Metrics => {
+                let hook = SendHook::new(self.metrics(topic), count);
+                return hook.around(self.inner.send_batch(topic, messages));
+            }
             Mode::Spans => {}
         }
         Box::pin(ObservedSend {
@@ -702,11 +720,44 @@ fn observe_delivery(shared: &Arc<ConsumerObservation>, span: Option<&Span>, deli
     delivery.set_observed(observed);
 }
 
-/// A receive through an instrumented consumer in [`Mode::Metrics`]: the
-/// backend's future, then the count. Cancel-safe as the backend's is.
+/// What mq's instrumentation does with a receive's result while metrics
+/// are on and no subscriber wants mq's spans: counts the delivery and
+/// attaches what its settle is counted with. Handed to
+/// [`Consumer::recv_observed`], which calls [`finish`](RecvHook::finish)
+/// on the result before handing it out.
+#[derive(Debug)]
+pub struct RecvHook<'a> {
+    shared: &'a Arc<ConsumerObservation>,
+}
+
+impl<'a> RecvHook<'a> {
+    /// Counts and observes what a receive returned (a failure, or a
+    /// delivery, which it changes only by attaching the observation): call
+    /// it once, on the result about to be handed out, with nothing awaited
+    /// between (so that a dropped receive future loses nothing).
+    pub fn finish(self, result: &mut Result<Option<Delivery>>) {
+        match result {
+            Ok(Some(delivery)) => observe_delivery(self.shared, None, delivery),
+            Err(e) => receive_failed(self.shared, &Span::none(), e),
+            Ok(None) => {}
+        }
+    }
+
+    /// `recv`, then this hook: the default of [`Consumer::recv_observed`].
+    pub(crate) fn around(
+        self,
+        inner: BoxFuture<'a, Result<Option<Delivery>>>,
+    ) -> BoxFuture<'a, Result<Option<Delivery>>> {
+        Box::pin(MeteredRecv { inner, hook: self })
+    }
+}
+
+/// A receive through an instrumented consumer in [`Mode::Metrics`], for a
+/// backend that does not end its own future with the hook: the backend's
+/// future, then the count. Cancel-safe as the backend's is.
 struct MeteredRecv<'a> {
     inner: BoxFuture<'a, Result<Option<Delivery>>>,
-    shared: &'a Arc<ConsumerObservation>,
+    hook: RecvHook<'a>,
 }
 
 impl Future for MeteredRecv<'_> {
@@ -717,10 +768,11 @@ impl Future for MeteredRecv<'_> {
         // In place, in the backend's own `Poll`: a delivery is large, and
         // this runs per message.
         let mut poll = this.inner.as_mut().poll(cx);
-        match &mut poll {
-            Poll::Ready(Ok(Some(delivery))) => observe_delivery(this.shared, None, delivery),
-            Poll::Ready(Err(e)) => receive_failed(this.shared, &Span::none(), e),
-            Poll::Ready(Ok(None)) | Poll::Pending => {}
+        if let Poll::Ready(result) = &mut poll {
+            RecvHook {
+                shared: this.hook.shared,
+            }
+            .finish(result);
         }
         poll
     }
@@ -744,10 +796,7 @@ impl Consumer for InstrumentedConsumer {
         match mode() {
             Mode::Off => return self.inner.recv(),
             Mode::Metrics => {
-                return Box::pin(MeteredRecv {
-                    inner: self.inner.recv(),
-                    shared: &self.shared,
-                });
+                return self.inner.recv_observed(RecvHook { shared: &self.shared });
             }
             Mode::Spans => {}
         }
