@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use mq_core::backend::AckHandle;
+use mq_core::observe::RecvHook;
 use mq_core::{Consumer, Delivery, Error, Nack, Result};
 use tokio::time::Instant;
 
@@ -107,19 +109,53 @@ impl MemoryConsumer {
     }
 }
 
+impl MemoryConsumer {
+    /// A receive, and what [`Consumer::recv_observed`] adds: the hook,
+    /// handed the result at the end of this one future (nothing nested,
+    /// and nothing awaited between the result and the hook).
+    async fn recv_now(&mut self, hook: Option<RecvHook<'_>>) -> Result<Option<Delivery>> {
+        let mut result = if self.closed || self.ctx.inner.is_closed() {
+            Ok(None)
+        } else {
+            // Cooperative scheduling, as in `send`: a consumer with a full
+            // buffer never waits, so it must yield now and then.
+            tokio::task::consume_budget().await;
+            if self.ctx.inner.faults.active {
+                // Boxed: this future stays small (it is allocated per receive).
+                Box::pin(self.recv_faulty()).await
+            } else {
+                match self.next_taken().await {
+                    Ok(taken) => Ok(taken.map(|taken| self.delivery(taken))),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Some(hook) = hook {
+            hook.finish(&mut result);
+        }
+        result
+    }
+}
+
 #[async_trait]
 impl Consumer for MemoryConsumer {
-    async fn recv(&mut self) -> Result<Option<Delivery>> {
-        if self.closed || self.ctx.inner.is_closed() {
-            return Ok(None);
-        }
-        // Cooperative scheduling, as in `send`: a consumer with a full buffer
-        // never waits, so it must yield now and then.
-        tokio::task::consume_budget().await;
-        if self.ctx.inner.faults.active {
-            return self.recv_faulty().await;
-        }
-        Ok(self.next_taken().await?.map(|taken| self.delivery(taken)))
+    fn recv<'a, 'f>(&'a mut self) -> BoxFuture<'f, Result<Option<Delivery>>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        Box::pin(self.recv_now(None))
+    }
+
+    /// Observed at the end of the receive's own future: no second one (see
+    /// [`Consumer::recv_observed`]).
+    fn recv_observed<'a, 'h, 'f>(&'a mut self, hook: RecvHook<'h>) -> BoxFuture<'f, Result<Option<Delivery>>>
+    where
+        'a: 'f,
+        'h: 'f,
+        Self: 'f,
+    {
+        Box::pin(self.recv_now(Some(hook)))
     }
 
     async fn close(&mut self) -> Result<()> {

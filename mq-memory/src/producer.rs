@@ -4,7 +4,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use mq_core::backend::{SendGate, check_send};
+use mq_core::observe::SendHook;
 use mq_core::{Error, Message, Position, Producer, ProducerOptions, Receipt, Result};
 
 use crate::broker::Inner;
@@ -188,32 +190,79 @@ fn receipt(topic: &Topic, id: String, offset: u64) -> Receipt {
     )
 }
 
-#[async_trait]
-impl Producer for MemoryProducer {
-    async fn send(&self, topic: &str, message: Message) -> Result<Receipt> {
+impl MemoryProducer {
+    /// A send, and what [`Producer::send_observed`] adds: the hook, told
+    /// the outcome at the end of this one future (nothing nested, so an
+    /// observed send costs what a plain one does but the count).
+    async fn send_now(&self, topic: &str, message: Message, hook: Option<SendHook>) -> Result<Receipt> {
         // Take part in tokio's cooperative scheduling like its own channels:
         // a send that never waits would otherwise never yield, and a task it
         // woke (a consumer in this worker's LIFO slot) could not run.
         tokio::task::consume_budget().await;
-        let _pass = self.gate.enter()?;
-        self.check(topic, &message)?;
-        if self.inner.faults.active {
-            self.fail_before()?;
-            let mut receipts = self.append_all_timed(topic, vec![message]).await?;
-            self.fail_after()?;
-            return receipts.pop().ok_or_else(|| {
-                Error::backend("memory", format!("send to `{topic}`"), "no receipt was produced")
-            });
-        }
-        // Fast path: room in an existing topic. Otherwise wait like a batch.
-        let message = match self.inner.with_topic(topic, message, append_now) {
-            Ok(Ok(result)) => return result,
-            Ok(Err(message)) | Err(message) => message,
+        let result = match self.gate.enter() {
+            Err(e) => Err(e),
+            Ok(_pass) => match self.check(topic, &message) {
+                Err(e) => Err(e),
+                // The paths that wait are boxed: this future stays small
+                // (it is allocated per send; a send that waits is slow
+                // anyway).
+                Ok(()) if self.inner.faults.active => Box::pin(self.send_faulty(topic, message)).await,
+                // Fast path: room in an existing topic. Otherwise wait like
+                // a batch.
+                Ok(()) => match self.inner.with_topic(topic, message, append_now) {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(message)) | Err(message) => Box::pin(self.send_waiting(topic, message)).await,
+                },
+            },
         };
+        if let Some(hook) = hook {
+            hook.finish(&result);
+        }
+        result
+    }
+
+    /// A send that waits for room (or for the topic to be made).
+    async fn send_waiting(&self, topic: &str, message: Message) -> Result<Receipt> {
         let mut receipts = self.append_all_timed(topic, vec![message]).await?;
         receipts
             .pop()
             .ok_or_else(|| Error::backend("memory", format!("send to `{topic}`"), "no receipt was produced"))
+    }
+
+    /// A send with faults injected (see [`Faults`](crate::Faults)).
+    async fn send_faulty(&self, topic: &str, message: Message) -> Result<Receipt> {
+        self.fail_before()?;
+        let receipt = self.send_waiting(topic, message).await?;
+        self.fail_after()?;
+        Ok(receipt)
+    }
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    fn send<'a, 'b, 'f>(&'a self, topic: &'b str, message: Message) -> BoxFuture<'f, Result<Receipt>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        Box::pin(self.send_now(topic, message, None))
+    }
+
+    /// Counted at the end of the send's own future: no second one (see
+    /// [`Producer::send_observed`]).
+    fn send_observed<'a, 'b, 'f>(
+        &'a self,
+        topic: &'b str,
+        message: Message,
+        hook: SendHook,
+    ) -> BoxFuture<'f, Result<Receipt>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        Box::pin(self.send_now(topic, message, Some(hook)))
     }
 
     async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
