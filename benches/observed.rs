@@ -130,12 +130,12 @@ impl ChildRates {
 }
 
 /// How many timed runs of each SDK a child makes
-/// (`MQ_BENCH_CHILD_RUNS`, default 3).
+/// (`MQ_BENCH_CHILD_RUNS`, default 5).
 fn child_runs() -> usize {
     std::env::var("MQ_BENCH_CHILD_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(5)
 }
 
 /// The body of a child: installs per `spec` (`none...` installs nothing,
