@@ -75,6 +75,38 @@ async fn counts_are_exact_and_durations_sampled() {
     counts_reach_the_recorder_within_the_flush_interval_unasked().await;
     a_busy_topic_is_counted_exactly_and_its_durations_sampled().await;
     a_backend_without_the_hooks_is_counted_exactly().await;
+    one_producer_s_topics_are_counted_apart().await;
+}
+
+/// One producer sends to more topics than it keeps the handles of
+/// (70, round robin, 3 messages each): every topic's count is its own.
+async fn one_producer_s_topics_are_counted_apart() {
+    recorder();
+    const TOPICS: usize = 70;
+    const EACH: usize = 3;
+    let step = Duration::from_secs(10);
+    let broker = mq_core::observe::instrument(Arc::new(mq_memory::MemoryBroker::new()));
+    let topics: Vec<String> = (0..TOPICS).map(|t| format!("spread-{t}")).collect();
+    let producer = broker
+        .producer(ProducerOptions::default())
+        .await
+        .expect("producer");
+    for i in 0..EACH {
+        for topic in &topics {
+            tokio::time::timeout(step, producer.send(topic, Message::new(format!("{i}"))))
+                .await
+                .expect("a send within 10 s")
+                .expect("send");
+        }
+    }
+    mq_core::observe::flush_metrics();
+    let seen = look();
+    let counts: Vec<Option<f64>> = topics
+        .iter()
+        .map(|topic| value(&seen, metric::SENT, topic, &[]))
+        .collect();
+    assert_eq!(counts, vec![Some(EACH as f64); TOPICS], "sent, per topic");
+    std::mem::forget(producer);
 }
 
 async fn counts_reach_the_recorder_within_the_flush_interval_unasked() {

@@ -259,6 +259,7 @@ impl Broker for Instrumented {
             inner,
             scope: self.scope.clone(),
             first: OnceLock::new(),
+            others: std::sync::RwLock::default(),
         }))
     }
 
@@ -303,7 +304,16 @@ struct InstrumentedProducer {
     /// The metric handles of the first topic sent to (most producers send
     /// to one), found without a lookup.
     first: OnceLock<(Box<str>, &'static metric::SendMetrics)>,
+    /// Those of the other topics it sent to (at most [`OTHER_TOPICS`]),
+    /// so that a send to one of them takes neither the process-wide lock
+    /// of the handle sets nor a copy of the topic's name.
+    others: std::sync::RwLock<std::collections::HashMap<Box<str>, &'static metric::SendMetrics>>,
 }
+
+/// How many topics besides its first a producer keeps the metric handles
+/// of; past that (a producer sending to ever new topics), a send to
+/// another one looks them up in the process's sets.
+const OTHER_TOPICS: usize = 64;
 
 impl InstrumentedProducer {
     fn metrics(&self, topic: &str) -> &'static metric::SendMetrics {
@@ -313,7 +323,24 @@ impl InstrumentedProducer {
         if **first == *topic {
             return handles;
         }
-        metric::SendMetrics::of(self.scope.system, topic)
+        let known = self
+            .others
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+            .copied();
+        if let Some(handles) = known {
+            return handles;
+        }
+        let handles = metric::SendMetrics::of(self.scope.system, topic);
+        let mut others = self
+            .others
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if others.len() < OTHER_TOPICS {
+            others.insert(topic.into(), handles);
+        }
+        handles
     }
 
     fn span(&self, topic: &str, first: Option<&Message>, count: Option<usize>) -> Span {
