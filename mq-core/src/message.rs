@@ -189,6 +189,8 @@ fn id_at(now: SystemTime) -> String {
     /// message (BENCHMARKS.md, "Instrumented").
     #[repr(align(128))]
     struct Last(AtomicU64);
+    // `#[used]`: the whole line is kept (see `observe`'s metrics switch).
+    #[used]
     static LAST: Last = Last(AtomicU64::new(0));
     thread_local! {
         static RNG: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);

@@ -98,6 +98,9 @@ pub fn instrument(broker: Arc<dyn Broker>) -> Arc<dyn Broker> {
 /// receive, so on a cache line of its own, away from statics other threads
 /// write (a message id counter beside it cost the consumer a cache miss
 /// per message).
+// `#[used]` keeps the whole line: without it the optimiser may shrink the
+// static to its one byte and place other statics right after it.
+#[used]
 static METRICS: Switch = Switch(AtomicBool::new(false));
 
 /// An [`AtomicBool`] on a cache line of its own.
