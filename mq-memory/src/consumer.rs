@@ -124,10 +124,9 @@ impl MemoryConsumer {
                 // Boxed: this future stays small (it is allocated per receive).
                 Box::pin(self.recv_faulty()).await
             } else {
-                match self.next_taken().await {
-                    Ok(taken) => Ok(taken.map(|taken| self.delivery(taken))),
-                    Err(e) => Err(e),
-                }
+                self.next_taken()
+                    .await
+                    .map(|taken| taken.map(|taken| self.delivery(taken)))
             }
         };
         if let Some(hook) = hook {
